@@ -1,0 +1,391 @@
+"""The ``crest`` command line: thin commands that parse, call the library, and print.
+
+Every :class:`crest.exceptions.CrestError` is caught once in :func:`main`: one line on
+stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from crest import __version__
+from crest.exceptions import ConfigError, CrestError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="crest",
+    help=(
+        "Compression sweeps for neural networks: Optuna searches per-layer pruning and "
+        "quantization settings, Ray workers run the trials, every trial and artifact is "
+        "stored in SQL (SQLite by default).\n\n"
+        "Start with: crest launch examples/lenet300-mnist.yaml, then crest best STUDY."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage",
+        help="Database URL. Default: $CREST_STORAGE, else sqlite:///crest.db in the working directory.",
+        show_default=False,
+    ),
+]
+StudyArg = Annotated[str, typer.Argument(help="The study's name.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+LeaseTtlOpt = Annotated[
+    float,
+    typer.Option(
+        "--lease-ttl",
+        envvar="CREST_LEASE_TTL",
+        min=1.0,
+        help="Seconds without a heartbeat after which a study's driver counts as dead.",
+    ),
+]
+
+
+def _storage(explicit: str | None, from_file: str | None = None) -> str:
+    return explicit or os.environ.get("CREST_STORAGE") or from_file or "sqlite:///crest.db"
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _open_store(url: str) -> Any:
+    from crest.storage import Store
+
+    return Store(url, create=False)
+
+
+@app.command()
+def launch(
+    sweep_file: Annotated[Path, typer.Argument(help="The sweep file (YAML).", show_default=False)],
+    study: Annotated[Optional[str], typer.Option(help="Study name (overrides the file's).")] = None,
+    storage: StorageOpt = None,
+    n_trials: Annotated[
+        Optional[int], typer.Option("--n-trials", min=1, help="Complete trials wanted (overrides the file's).")
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers (overrides the file's).")] = None,
+    address: Annotated[
+        Optional[str],
+        typer.Option(help="Ray cluster to join ('auto' or host:port). Default: start a local Ray."),
+    ] = None,
+    lease_ttl: LeaseTtlOpt = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Launch a sweep (or continue it, if the study exists with the same search)."""
+    from crest.config import load_sweep
+
+    overrides: dict[str, Any] = {"study": study, "n_trials": n_trials, "workers": workers}
+    config, text = load_sweep(sweep_file, overrides=overrides)
+    url = _storage(storage, config.storage)
+    ray_opts = config.ray.model_copy(update={"address": address}) if address else config.ray
+    config = config.model_copy(update={"storage": url, "ray": ray_opts})
+    _run_driver(config, text, lease_ttl=lease_ttl, quiet=quiet)
+
+
+@app.command()
+def resume(
+    study: StudyArg,
+    storage: StorageOpt = None,
+    n_trials: Annotated[
+        Optional[int], typer.Option("--n-trials", min=1, help="Raise or lower the study's trial count.")
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto' or host:port).")] = None,
+    lease_ttl: LeaseTtlOpt = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Resume an interrupted study: trials that were running are re-run, completed ones kept."""
+    from crest.config import parse_sweep
+
+    url = _storage(storage)
+    store = _open_store(url)
+    try:
+        info = store.require_study(study)
+    finally:
+        store.close()
+    stored = json.loads(info.config_json)
+    config = parse_sweep(
+        stored,
+        source=f"study '{study}'",
+        overrides={"n_trials": n_trials, "workers": workers, "storage": url},
+    )
+    if address:
+        config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
+    _run_driver(config, info.sweep_yaml, lease_ttl=lease_ttl, quiet=quiet)
+
+
+def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> None:
+    from crest._progress import ProgressPrinter
+    from crest.orchestrator import DriverOptions, SweepDriver
+
+    options = DriverOptions(
+        lease_ttl=lease_ttl, heartbeat=max(0.5, min(5.0, lease_ttl / 4)), search_path=(os.getcwd(),)
+    )
+    printer = ProgressPrinter(enabled=not quiet)
+    driver = SweepDriver(config, sweep_yaml=text, options=options, on_progress=printer.update)
+    try:
+        with printer:
+            summary = driver.run()
+    except KeyboardInterrupt:
+        typer.echo(
+            f"crest: interrupted; completed trials are kept. Continue with: crest resume {config.study}"
+            + (f" --storage {config.storage}" if config.storage != "sqlite:///crest.db" else ""),
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"study '{summary.study}': {summary.complete} complete trials "
+        f"({summary.ran_this_run} run now, {summary.failed_this_run} failed) in {summary.elapsed:.1f} s"
+    )
+    store = _open_store(config.storage)
+    try:
+        info = store.require_study(config.study)
+        from crest.storage import max_drop_of
+
+        _print_best(store.best(info.id, max_drop=max_drop_of(info), top=5), info, max_drop_of(info))
+    finally:
+        store.close()
+
+
+@app.command()
+def status(
+    study: StudyArg,
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+    lease_ttl: LeaseTtlOpt = 30.0,
+) -> None:
+    """Show a study's progress: trials complete, running, failed and waiting, and the best."""
+    from crest.storage import study_status
+
+    store = _open_store(_storage(storage))
+    try:
+        info = store.require_study(study)
+        st = study_status(store, info, lease_ttl=lease_ttl)
+    finally:
+        store.close()
+    if as_json:
+        _echo_json(st)
+        return
+    typer.echo(f"study      {st['study']} ({st['workload']})")
+    typer.echo(
+        f"trials     {st['complete']}/{st['n_trials']} complete, {st['running']} running, "
+        f"{st['failed']} failed, {st['waiting']} waiting"
+    )
+    base = st["baseline_accuracy"]
+    typer.echo(f"baseline   {'-' if base is None else f'{base:.4f}'}")
+    best = st["best"]
+    if best:
+        typer.echo(
+            f"best       trial {best['trial']}: {best['ratio']:.1f}x, {best['size_bytes']:,} bytes, "
+            f"accuracy {best['accuracy']:.4f} (drop {best['accuracy_drop']:+.4f})"
+        )
+    else:
+        typer.echo(f"best       none within max drop {st['max_accuracy_drop']}")
+    typer.echo(f"driver     {st['driver']}" + (f" ({st['driver_owner']})" if st["driver_owner"] else ""))
+
+
+@app.command()
+def studies(storage: StorageOpt = None, as_json: JsonOpt = False, lease_ttl: LeaseTtlOpt = 30.0) -> None:
+    """List the studies in the database."""
+    from crest.storage import study_status
+
+    store = _open_store(_storage(storage))
+    try:
+        rows = [study_status(store, info, lease_ttl=lease_ttl) for info in store.list_studies()]
+    finally:
+        store.close()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no studies")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("study", "workload", "complete", "failed", "best ratio", "best acc", "driver")
+    for r in rows:
+        b = r["best"]
+        table.add_row(
+            r["study"], r["workload"], f"{r['complete']}/{r['n_trials']}", str(r["failed"]),
+            f"{b['ratio']:.1f}x" if b else "-", f"{b['accuracy']:.4f}" if b else "-", r["driver"],
+        )
+    Console().print(table)
+
+
+@app.command()
+def best(
+    study: StudyArg,
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option(min=1, help="How many trials to list.")] = 10,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option("--max-drop", min=0.0, help="Accuracy drop allowed. Default: the study's constraint."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the smallest artifacts within the accuracy-drop limit, best first."""
+    from crest.storage import max_drop_of
+
+    store = _open_store(_storage(storage))
+    try:
+        info = store.require_study(study)
+        limit = max_drop_of(info) if max_drop is None else max_drop
+        trials = store.best(info.id, max_drop=limit, top=top)
+    finally:
+        store.close()
+    if as_json:
+        _echo_json([t.as_dict() for t in trials])
+        return
+    _print_best(trials, info, limit)
+
+
+def _print_best(trials: list[Any], info: Any, max_drop: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not trials:
+        typer.echo(f"no complete trial of '{info.name}' is within max drop {max_drop}")
+        return
+    base = info.baseline_accuracy
+    table = Table(
+        "trial", "ratio", "bytes", "accuracy", "drop", "sparsity", "bits",
+        title=f"best of '{info.name}' (baseline {base:.4f}, max drop {max_drop})" if base is not None else None,
+    )
+    for t in trials:
+        layers = t.layers or {}
+        weights = {k: v for k, v in layers.items() if k.endswith("weight")}
+        sparsity = " ".join(f"{v['sparsity']:.2f}" for v in weights.values())
+        bits = " ".join(str(v["bits"]) if v.get("bits") else "-" for v in weights.values())
+        table.add_row(
+            str(t.number), f"{t.ratio:.1f}x", f"{t.size_bytes:,}", f"{t.accuracy:.4f}",
+            f"{t.accuracy_drop:+.4f}", sparsity, bits,
+        )
+    Console().print(table)
+
+
+@app.command()
+def export(
+    study: StudyArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.", show_default=False)],
+    trial: Annotated[
+        Optional[int], typer.Option("--trial", help="Trial number. Default: the best feasible trial.")
+    ] = None,
+    storage: StorageOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a trial's artifact, byte for byte as stored (its SHA-256 is verified)."""
+    from crest.storage import max_drop_of
+
+    if output.exists() and not force:
+        raise ConfigError(f"{output} exists (use --force to overwrite)")
+    store = _open_store(_storage(storage))
+    try:
+        info = store.require_study(study)
+        if trial is None:
+            ranked = store.best(info.id, max_drop=max_drop_of(info), top=1)
+            if not ranked:
+                raise ConfigError(f"study '{study}' has no feasible trial yet; pass --trial N")
+            record = ranked[0]
+        else:
+            record = store.trial(info.id, trial)
+        if record.artifact_sha256 is None:
+            raise ConfigError(f"trial {record.number} has no artifact (state {record.state})")
+        blob = store.get_artifact(record.artifact_sha256)
+    finally:
+        store.close()
+    try:
+        output.write_bytes(blob)
+    except OSError as e:
+        raise ConfigError(f"cannot write {output}: {e.strerror}") from e
+    typer.echo(f"wrote {output}: trial {record.number}, {len(blob):,} bytes, sha256 {record.artifact_sha256}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    file: Annotated[Path, typer.Argument(help="A crest artifact.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an artifact's header: tensors, encodings, sizes, and its SHA-256 id."""
+    from crest import gpu
+
+    try:
+        blob = file.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {file}: {e.strerror}") from e
+    manifest = gpu.inspect(blob)
+    if as_json:
+        _echo_json(manifest)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("tensor", "dtype", "shape", "encoding", "bits (index/code)", "bytes",
+                  title=f"{file.name}: {len(blob):,} bytes, crest format v{manifest['version']}")
+    for t in manifest["tensors"]:
+        bits = f"{t['index_bits']}/{t['code_bits']}" if t["encoding"] == "sparse" else "-"
+        table.add_row(t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"], bits,
+                      f"{t.get('stored_bytes', 0):,}")
+    Console().print(table)
+    typer.echo(f"sha256 {manifest['sha256']}")
+
+
+@app.command()
+def workloads() -> None:
+    """List the built-in workloads (a sweep may also name its own as module:function)."""
+    from crest.tasks import builtin_workloads
+
+    for name, desc in builtin_workloads().items():
+        typer.echo(f"{name:16} {desc}")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"crest {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """crest: compression sweeps for neural networks."""
+
+
+def main() -> None:
+    """Console entry point: runs the app; CrestError -> one line on stderr, exit 2."""
+    try:
+        app(standalone_mode=False)
+    except CrestError as e:
+        typer.echo(f"crest: error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("crest: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("crest: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,407 @@
+"""The sweep file: YAML validated by pydantic models; every error names its field.
+
+A sweep file looks like::
+
+    study: lenet300
+    workload: lenet300-mnist          # a built-in name or "module:function"
+    n_trials: 40
+    workers: 2
+    seed: 0
+    objectives: [size]                # or [size, accuracy] for a Pareto front
+    constraints:
+      max_accuracy_drop: 0.01         # in the workload's metric (top-1 accuracy: 0.01 = 1 point)
+    stages:
+      - type: prune
+        layers:
+          "fc*.weight": {quality: [0.2, 2.5]}   # threshold = quality x std(weights)
+      - type: retrain
+        epochs: 3
+      - type: quantize
+        layers:
+          "*.weight": {bits: [2, 6]}
+
+A search-space value is a number (fixed), ``[low, high]`` (searched; ints for integer
+fields), ``{low, high, log, step}`` or ``{choices: [...]}``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from crest.exceptions import ConfigError
+
+__all__ = [
+    "SweepConfig",
+    "Stage",
+    "PruneStage",
+    "RetrainStage",
+    "QuantizeStage",
+    "EncodeStage",
+    "FloatParam",
+    "IntParam",
+    "load_sweep",
+    "parse_sweep",
+    "DEFAULT_STORAGE",
+]
+
+DEFAULT_STORAGE = "sqlite:///crest.db"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    """A searched float in [low, high]."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("use either log or step, not both")
+        return self
+
+
+class IntRange(_Strict):
+    """A searched integer in [low, high]."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        if self.log and self.step != 1:
+            raise ValueError("use either log or step, not both")
+        return self
+
+
+class FloatChoices(_Strict):
+    choices: list[float] = Field(min_length=1)
+
+
+class IntChoices(_Strict):
+    choices: list[int] = Field(min_length=1)
+
+
+def _range_from_list(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise ValueError("a range is [low, high]")
+        return {"low": value[0], "high": value[1]}
+    return value
+
+
+FloatParam = Annotated[
+    Union[float, FloatRange, FloatChoices], Field(union_mode="left_to_right")
+]
+IntParam = Annotated[Union[int, IntRange, IntChoices], Field(union_mode="left_to_right")]
+
+
+def _strict_number(value: Any, *, integer: bool) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if integer and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected an integer, got {value}")
+        return int(value)
+    return value
+
+
+class _ParamHolder(_Strict):
+    """Converts [low, high] lists to ranges before validation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_to_ranges(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: _range_from_list(v) for k, v in data.items()}
+        return data
+
+
+class PruneLayer(_ParamHolder):
+    """Per-layer pruning: give ``quality`` (threshold = quality x std) or ``sparsity``."""
+
+    quality: FloatParam | None = None
+    sparsity: FloatParam | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PruneLayer:
+        if (self.quality is None) == (self.sparsity is None):
+            raise ValueError("give exactly one of 'quality' or 'sparsity'")
+        _check_bounds(self.quality, "quality", 0.0, 100.0)
+        _check_bounds(self.sparsity, "sparsity", 0.0, 1.0, high_open=True)
+        return self
+
+
+class QuantizeLayer(_ParamHolder):
+    """Per-layer k-means weight sharing with ``2**bits - 1`` shared nonzero values."""
+
+    bits: IntParam
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _int_bits(cls, v: Any) -> Any:
+        return _strict_number(v, integer=True)
+
+    @model_validator(mode="after")
+    def _bits_range(self) -> QuantizeLayer:
+        _check_bounds(self.bits, "bits", 1, 16)
+        return self
+
+
+class PruneStage(_Strict):
+    """Magnitude pruning of the layers that match each glob; masks are kept."""
+
+    type: Literal["prune"]
+    layers: dict[str, PruneLayer] = Field(min_length=1)
+
+
+class RetrainStage(_ParamHolder):
+    """Fine-tuning with the masks held: pruned weights stay zero."""
+
+    type: Literal["retrain"]
+    epochs: IntParam = 2
+    lr: FloatParam | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RetrainStage:
+        _check_bounds(self.epochs, "epochs", 0, 10_000)
+        _check_bounds(self.lr, "lr", 0.0, 10.0, low_open=True)
+        return self
+
+
+class QuantizeStage(_Strict):
+    """Per-layer k-means weight sharing (linear initialisation)."""
+
+    type: Literal["quantize"]
+    layers: dict[str, QuantizeLayer] = Field(min_length=1)
+    iterations: int = Field(default=25, ge=1, le=1000)
+
+
+class EncodeStage(_Strict):
+    """Options of the crest encoding; ``index_bits: auto`` picks the smallest per layer."""
+
+    type: Literal["encode"]
+    index_bits: Literal["auto"] | Annotated[int, Field(ge=1, le=16)] = "auto"
+    chunk_entries: int = Field(default=1024, ge=32, le=65536)
+
+
+Stage = Annotated[
+    Union[PruneStage, RetrainStage, QuantizeStage, EncodeStage], Field(discriminator="type")
+]
+
+
+class Constraints(_Strict):
+    """Feasibility: the accuracy drop vs the baseline, in the workload's metric units."""
+
+    max_accuracy_drop: float = Field(default=0.01, ge=0.0)
+
+
+class RayOptions(_Strict):
+    """Where and how the workers run."""
+
+    address: str | None = None
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+
+
+class SweepConfig(_Strict):
+    """A whole sweep file."""
+
+    study: str = Field(min_length=1, max_length=200)
+    storage: str | None = None
+    workload: str = Field(min_length=1)
+    n_trials: int = Field(ge=1, le=1_000_000)
+    workers: int = Field(default=1, ge=1, le=4096)
+    seed: int = Field(default=0, ge=0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    objectives: list[Literal["size", "accuracy"]] = Field(default=["size"], min_length=1)
+    constraints: Constraints = Constraints()
+    stages: list[Stage] = Field(min_length=1)
+    max_retries: int = Field(default=2, ge=0, le=100)
+    max_failures: int | None = Field(default=None, ge=0)
+    ray: RayOptions = RayOptions()
+
+    @field_validator("study")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("objectives must not repeat")
+        if "size" not in v:
+            raise ValueError("objectives must include 'size'")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> SweepConfig:
+        kinds = [s.type for s in self.stages]
+        if kinds.count("encode") > 1:
+            raise ValueError("stages: at most one 'encode' stage")
+        if "encode" in kinds and kinds[-1] != "encode":
+            raise ValueError("stages: 'encode' must be the last stage")
+        if kinds.count("quantize") > 1:
+            raise ValueError("stages: at most one 'quantize' stage")
+        return self
+
+    def to_json(self) -> str:
+        """The config as canonical JSON (sorted keys)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def search_identity(self) -> dict[str, Any]:
+        """The parts that define the search; a resumed study must keep them."""
+        data = self.model_dump(mode="json")
+        for key in ("n_trials", "workers", "storage", "ray", "max_failures", "study"):
+            data.pop(key, None)
+        return data
+
+
+def _check_bounds(
+    param: Any,
+    field: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    if param is None:
+        return
+    if isinstance(param, FloatRange | IntRange):
+        values = [param.low, param.high]
+    elif isinstance(param, FloatChoices | IntChoices):
+        values = list(param.choices)
+    else:
+        values = [param]
+    for v in values:
+        bad = v < low or v > high or (low_open and v == low) or (high_open and v == high)
+        if bad:
+            lo = "(" if low_open else "["
+            hi = ")" if high_open else "]"
+            raise ValueError(f"{field}={v} is outside {lo}{low}, {high}{hi}")
+
+
+_STAGE_TAGS = {"prune", "retrain", "quantize", "encode"}
+_UNION_TAGS = {"float", "int", "FloatRange", "IntRange", "FloatChoices", "IntChoices"}
+
+
+def _error_priority(error: Any) -> int:
+    kind = error["type"]
+    if kind == "value_error":
+        return 0
+    if kind in ("extra_forbidden", "missing", "union_tag_invalid"):
+        return 1
+    return 2
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    prev: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAGS or str(part).startswith("function-"):
+            pass
+        elif isinstance(prev, int) and part in _STAGE_TAGS:
+            pass
+        else:
+            out += f".{part}" if out else str(part)
+        prev = part
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    errors = err.errors()
+    first = min(errors, key=_error_priority)
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    loc = _format_loc(tuple(first["loc"]))
+    where = f"{source}: " if source else ""
+    return f"{where}{loc or '<root>'}: {msg}"
+
+
+def parse_sweep(
+    data: Any, *, source: str = "", overrides: dict[str, Any] | None = None
+) -> SweepConfig:
+    """Validate a sweep mapping (already parsed YAML) with optional top-level overrides.
+
+    Raises:
+        ConfigError: one line naming the bad field.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source or 'sweep'}: the file must be a mapping of keys to values")
+    merged = dict(data)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    try:
+        return SweepConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from e
+
+
+def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> tuple[SweepConfig, str]:
+    """Read and validate a sweep file.
+
+    Returns:
+        The validated config and the file's text as given.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML or an invalid field.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{p}: no such sweep file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the sweep file ({e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: {problem}{where}") from e
+    return parse_sweep(data, source=str(p), overrides=overrides), text
+
+
+def match_layers(pattern: str, names: list[str]) -> list[str]:
+    """Parameter names matching a glob, in model order."""
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]

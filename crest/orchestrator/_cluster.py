@@ -1,0 +1,60 @@
+"""Connecting to Ray: a local instance by default, or an existing cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from crest.exceptions import SweepError
+
+__all__ = ["connect", "disconnect"]
+
+_LOCAL_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def connect(address: str | None, *, cpus_needed: float) -> bool:
+    """Make sure this process is a Ray driver.
+
+    Args:
+        address: None starts a local Ray; "auto" or "host:port" joins a cluster.
+        cpus_needed: CPUs the workers ask for; a local Ray gets at least this many.
+
+    Returns:
+        True when this call started Ray (and :func:`disconnect` should stop it).
+
+    Raises:
+        SweepError: Ray cannot start or the cluster cannot be reached.
+    """
+    if address is None:
+        for key, value in _LOCAL_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        if address is None:
+            ray.init(
+                num_cpus=max(int(-(-cpus_needed // 1)), os.cpu_count() or 1),
+                include_dashboard=False,
+                object_store_memory=256 * 1024 * 1024,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError...
+        where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
+        raise SweepError(f"cannot {where}: {e}") from e
+    return True
+
+
+def disconnect(started: bool) -> None:
+    """Stop Ray if :func:`connect` started it."""
+    if started:
+        import ray
+
+        ray.shutdown()

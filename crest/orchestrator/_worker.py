@@ -1,0 +1,57 @@
+"""The worker: a plain class holding one workload and the baseline; an actor at the edge."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from crest.tasks import TrialOutcome, TrialPlan, TrialRunner, get_workload, train_baseline
+
+__all__ = ["TrialWorker"]
+
+
+class TrialWorker:
+    """Loads the workload once and the baseline once, then runs trials one at a time.
+
+    Args:
+        workload: a built-in name or ``module:function``.
+        plan: the resolved stages and parameters.
+        search_path: directories put in front of ``sys.path`` (for user workloads).
+        threads: torch intra-op threads (match the CPUs the worker was given).
+    """
+
+    def __init__(self, workload: str, plan: TrialPlan, search_path: list[str], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.workload = get_workload(workload, search_path=search_path)
+        self.plan = plan
+        self.runner: TrialRunner | None = None
+
+    def node(self) -> dict[str, Any]:
+        """Where this worker runs: Ray node id, host, pid, GPU name (or None)."""
+        node_id = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node_id = ray.get_runtime_context().get_node_id()
+        except ImportError:
+            pass
+        return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid()}
+
+    def train_baseline(self, seed: int) -> tuple[bytes, float]:
+        """Train and encode the dense baseline; returns (artifact bytes, score)."""
+        return train_baseline(self.workload, seed=seed)
+
+    def load_baseline(self, blob: bytes, accuracy: float) -> dict[str, Any]:
+        """Decode the baseline once; returns :meth:`node`."""
+        self.runner = TrialRunner(self.workload, self.plan, blob, accuracy)
+        return self.node()
+
+    def run(self, params: dict[str, Any], seed: int, metadata: dict[str, Any]) -> TrialOutcome:
+        """Run one trial (see :meth:`crest.tasks.TrialRunner.run`)."""
+        if self.runner is None:
+            raise RuntimeError("load_baseline must be called before run")
+        return self.runner.run(params, seed=seed, metadata=metadata)

@@ -1,0 +1,23 @@
+"""Storage: crest's SQLAlchemy tables (studies, trials, artifacts) beside Optuna's.
+
+Schema changes go through the alembic migrations in ``crest/storage/_alembic``; a new
+database is created at the newest revision.
+"""
+
+from __future__ import annotations
+
+from crest.storage._engine import default_storage, parse_url
+from crest.storage._queries import max_drop_of, study_status, trial_state_counts
+from crest.storage._store import Store, StudyInfo, TrialRecord, lease_owner_id
+
+__all__ = [
+    "Store",
+    "StudyInfo",
+    "TrialRecord",
+    "lease_owner_id",
+    "default_storage",
+    "parse_url",
+    "study_status",
+    "trial_state_counts",
+    "max_drop_of",
+]

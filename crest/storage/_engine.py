@@ -1,0 +1,149 @@
+"""Engines, the one scoped-session context manager, and schema migrations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from crest.exceptions import StorageError
+
+__all__ = ["make_engine", "session_scope", "upgrade_schema", "schema_revision", "HEAD_REVISION", "parse_url"]
+
+HEAD_REVISION = "0001"
+_ALEMBIC_DIR = Path(__file__).with_name("_alembic")
+
+
+def parse_url(url: str) -> URL:
+    """Parse a database URL; sqlite:///relative paths stay relative to the working directory.
+
+    Raises:
+        StorageError: the string is not a database URL.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise StorageError(
+            f"'{url}' is not a database URL (try sqlite:///crest.db or postgresql+psycopg://user@host/db)"
+        ) from e
+    return parsed
+
+
+def _sqlite_path(parsed: URL) -> Path | None:
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
+
+
+def make_engine(url: str, *, create: bool) -> Engine:
+    """An engine for ``url``.
+
+    Args:
+        url: SQLAlchemy URL (sqlite:///path or postgresql+psycopg://...).
+        create: when False, a SQLite file that does not exist is an error instead of
+            being created (read-only commands must not leave empty databases behind).
+
+    Raises:
+        StorageError: bad URL, missing driver, missing file or unreachable server.
+    """
+    parsed = parse_url(url)
+    path = _sqlite_path(parsed)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 60}
+        if path is not None:
+            if not create and not path.exists():
+                raise StorageError(f"no database at {path} (storage {url})")
+            if create and not path.parent.exists():
+                raise StorageError(f"cannot create {path}: directory {path.parent} does not exist")
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except NoSuchModuleError as e:
+        raise StorageError(f"unsupported database in '{url}': {e}") from e
+    except (ImportError, ArgumentError) as e:
+        hint = " (pip install 'crest-sweep[postgres]')" if "postgres" in parsed.drivername else ""
+        raise StorageError(f"cannot use '{url}': {e}{hint}") from e
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise StorageError(f"cannot connect to {parsed.render_as_string(hide_password=True)}: {_first_line(e)}") from e
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success, rolls back on error, and always closes.
+
+    Database errors are re-raised as :class:`StorageError`.
+    """
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except SQLAlchemyError as e:
+        session.rollback()
+        raise StorageError(f"database error: {_first_line(e)}") from e
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """crest's schema revision in the database, or None when crest's tables are absent."""
+    try:
+        if not inspect(engine).has_table("crest_alembic_version"):
+            return None
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT version_num FROM crest_alembic_version")).first()
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot read crest's schema version: {_first_line(e)}") from e
+    return None if row is None else str(row[0])
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Create or upgrade crest's tables to the newest revision (alembic, in the package)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_ALEMBIC_DIR))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot create crest's tables: {_first_line(e)}") from e
+
+
+def default_storage() -> str:
+    """``CREST_STORAGE`` or ``sqlite:///crest.db`` (in the working directory)."""
+    return os.environ.get("CREST_STORAGE") or "sqlite:///crest.db"

@@ -1,0 +1,471 @@
+"""The Store: crest's studies, trials and artifacts, next to Optuna's tables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from crest.exceptions import FormatError, LeaseError, StorageError
+from crest.storage._engine import (
+    HEAD_REVISION,
+    make_engine,
+    schema_revision,
+    session_scope,
+    upgrade_schema,
+)
+from crest.storage._models import ArtifactRow, StudyRow, TrialRow
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["Store", "StudyInfo", "TrialRecord", "lease_owner_id"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    if ts is None or ts.tzinfo is not None:
+        return ts
+    return ts.replace(tzinfo=timezone.utc)
+
+
+def lease_owner_id() -> str:
+    """This process's lease id: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def _owner_is_dead_here(owner: str) -> bool:
+    """True when the owner ran on this host and its process no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """A snapshot of a crest study row."""
+
+    id: int
+    name: str
+    sweep_yaml: str
+    config_json: str
+    workload: str
+    n_trials: int
+    baseline_sha256: str | None
+    baseline_accuracy: float | None
+    dense_bytes: int | None
+    created_at: datetime
+    lease_owner: str | None
+    lease_heartbeat: datetime | None
+
+    def driver_alive(self, ttl: float) -> bool:
+        """True when a driver holds the lease and its heartbeat is fresher than ``ttl`` s."""
+        if self.lease_owner is None or self.lease_heartbeat is None:
+            return False
+        if _owner_is_dead_here(self.lease_owner):
+            return False
+        age = (_utcnow() - _aware(self.lease_heartbeat)).total_seconds()  # type: ignore[operator]
+        return age < ttl
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A snapshot of a finished trial."""
+
+    number: int
+    optuna_trial_id: int
+    state: str
+    params: dict[str, Any]
+    accuracy: float | None
+    accuracy_drop: float | None
+    size_bytes: int | None
+    ratio: float | None
+    layers: dict[str, Any] | None
+    wall_seconds: float | None
+    node: str | None
+    attempt: int
+    retry_of: int | None
+    artifact_sha256: str | None
+    error: str | None
+    finished_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (the keys of ``crest best --json``)."""
+        return {
+            "trial": self.number,
+            "state": self.state,
+            "accuracy": self.accuracy,
+            "accuracy_drop": self.accuracy_drop,
+            "size_bytes": self.size_bytes,
+            "ratio": self.ratio,
+            "params": self.params,
+            "artifact_sha256": self.artifact_sha256,
+            "layers": self.layers,
+            "wall_seconds": self.wall_seconds,
+            "node": self.node,
+            "attempt": self.attempt,
+            "retry_of": self.retry_of,
+        }
+
+
+def _study_info(row: StudyRow) -> StudyInfo:
+    return StudyInfo(
+        id=row.id,
+        name=row.name,
+        sweep_yaml=row.sweep_yaml,
+        config_json=row.config_json,
+        workload=row.workload,
+        n_trials=row.n_trials,
+        baseline_sha256=row.baseline_sha256,
+        baseline_accuracy=row.baseline_accuracy,
+        dense_bytes=row.dense_bytes,
+        created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        lease_owner=row.lease_owner,
+        lease_heartbeat=_aware(row.lease_heartbeat),
+    )
+
+
+def _trial_record(row: TrialRow) -> TrialRecord:
+    return TrialRecord(
+        number=row.number,
+        optuna_trial_id=row.optuna_trial_id,
+        state=row.state,
+        params=json.loads(row.params_json),
+        accuracy=row.accuracy,
+        accuracy_drop=row.accuracy_drop,
+        size_bytes=row.size_bytes,
+        ratio=row.ratio,
+        layers=json.loads(row.layers_json) if row.layers_json else None,
+        wall_seconds=row.wall_seconds,
+        node=row.node,
+        attempt=row.attempt,
+        retry_of=row.retry_of,
+        artifact_sha256=row.artifact_sha256,
+        error=row.error,
+        finished_at=_aware(row.finished_at),  # type: ignore[arg-type]
+    )
+
+
+class Store:
+    """crest's tables in one database (SQLite file or PostgreSQL).
+
+    Args:
+        url: SQLAlchemy URL.
+        create: create the database file and crest's tables when missing (``launch``);
+            read-only commands pass False and get a StorageError instead.
+
+    Raises:
+        StorageError: bad URL, unreachable database, or a schema of another version.
+    """
+
+    def __init__(self, url: str, *, create: bool) -> None:
+        self.url = url
+        self.engine = make_engine(url, create=create)
+        revision = schema_revision(self.engine)
+        if revision != HEAD_REVISION:
+            if not create and revision is None:
+                self.engine.dispose()
+                raise StorageError(f"{url} holds no crest studies (crest's tables are missing)")
+            if revision is not None and revision > HEAD_REVISION:
+                self.engine.dispose()
+                raise StorageError(
+                    f"{url} has crest schema {revision}, newer than this crest ({HEAD_REVISION}): "
+                    "upgrade crest-sweep"
+                )
+            upgrade_schema(self.engine)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self._optuna: optuna.storages.RDBStorage | None = None
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._optuna is not None:
+            self._optuna.remove_session()
+            self._optuna.engine.dispose()
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """The scoped-session context manager (commit / rollback / close)."""
+        with session_scope(self._factory) as s:
+            yield s
+
+    def optuna_storage(self) -> optuna.storages.RDBStorage:
+        """Optuna's RDB storage on the same database (created once, then reused)."""
+        if self._optuna is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if self.engine.dialect.name == "sqlite":
+                kwargs = {"connect_args": {"timeout": 60}}
+            try:
+                self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+            except Exception as e:  # optuna wraps driver errors in several types
+                raise StorageError(f"Optuna cannot open {self.url}: {e}") from e
+        return self._optuna
+
+    # studies -----------------------------------------------------------------------------
+
+    def get_study(self, name: str) -> StudyInfo | None:
+        """The study called ``name``, or None."""
+        with self.session() as s:
+            row = s.scalars(select(StudyRow).where(StudyRow.name == name)).first()
+            return None if row is None else _study_info(row)
+
+    def require_study(self, name: str) -> StudyInfo:
+        """The study called ``name``; StorageError naming the known ones when absent."""
+        info = self.get_study(name)
+        if info is None:
+            known = [s.name for s in self.list_studies()]
+            hint = f" (studies here: {', '.join(known)})" if known else " (this database has no studies)"
+            raise StorageError(f"no study named '{name}' in {self.url}{hint}")
+        return info
+
+    def list_studies(self) -> list[StudyInfo]:
+        """All crest studies, oldest first."""
+        with self.session() as s:
+            return [_study_info(r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id))]
+
+    def create_study(self, name: str, *, sweep_yaml: str, config_json: str, workload: str, n_trials: int) -> StudyInfo:
+        """Insert a new study row."""
+        with self.session() as s:
+            row = StudyRow(
+                name=name,
+                sweep_yaml=sweep_yaml,
+                config_json=config_json,
+                workload=workload,
+                n_trials=n_trials,
+                created_at=_utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            return _study_info(row)
+
+    def update_study(self, study_id: int, **fields: Any) -> None:
+        """Set columns of a study row (n_trials, config_json, baseline fields...)."""
+        with self.session() as s:
+            s.execute(update(StudyRow).where(StudyRow.id == study_id).values(**fields))
+
+    def set_baseline(self, study_id: int, blob: bytes, *, accuracy: float, dense_bytes: int) -> str:
+        """Store the baseline artifact and point the study at it; returns its SHA-256."""
+        with self.session() as s:
+            sha = self._put_artifact(s, blob)
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study_id)
+                .values(baseline_sha256=sha, baseline_accuracy=accuracy, dense_bytes=dense_bytes)
+            )
+        return sha
+
+    # the driver lease ---------------------------------------------------------------------
+
+    def acquire_lease(self, study_id: int, owner: str, *, ttl: float) -> None:
+        """Take the study's lease, or raise LeaseError when a live driver holds it.
+
+        A lease is free when nobody holds it, its heartbeat is older than ``ttl`` seconds,
+        or its holder ran on this host and has exited.
+        """
+        now = _utcnow()
+        with self.session() as s:
+            row = s.get(StudyRow, study_id, with_for_update=True)
+            if row is None:
+                raise StorageError(f"study id {study_id} vanished")
+            holder = row.lease_owner
+            beat = _aware(row.lease_heartbeat)
+            if holder is not None and holder != owner and beat is not None:
+                fresh = (now - beat).total_seconds() < ttl
+                if fresh and not _owner_is_dead_here(holder):
+                    raise LeaseError(
+                        f"study '{row.name}' is being run by another driver ({holder}, heartbeat "
+                        f"{(now - beat).total_seconds():.0f} s ago); stop it first, or wait "
+                        f"{ttl:.0f} s after it died"
+                    )
+            # compare-and-set on the values read, so two drivers cannot both win
+            result = s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study_id)
+                .where(
+                    StudyRow.lease_owner.is_(None)
+                    if holder is None
+                    else StudyRow.lease_owner == holder
+                )
+                .values(lease_owner=owner, lease_heartbeat=now)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseError(f"study '{row.name}' was taken by another driver just now")
+
+    def heartbeat(self, study_id: int, owner: str) -> bool:
+        """Refresh the lease; False when this owner no longer holds it."""
+        with self.session() as s:
+            result = s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study_id, StudyRow.lease_owner == owner)
+                .values(lease_heartbeat=_utcnow())
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release_lease(self, study_id: int, owner: str) -> None:
+        """Give the lease back (only if this owner holds it)."""
+        with self.session() as s:
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study_id, StudyRow.lease_owner == owner)
+                .values(lease_owner=None, lease_heartbeat=None)
+            )
+
+    # artifacts ------------------------------------------------------------------------
+
+    @staticmethod
+    def _put_artifact(s: Session, blob: bytes) -> str:
+        sha = hashlib.sha256(blob).hexdigest()
+        if s.get(ArtifactRow, sha) is None:
+            from crest.gpu import inspect as inspect_blob
+
+            try:
+                version = int(inspect_blob(blob)["version"])
+            except FormatError as e:
+                raise StorageError(f"refusing to store a malformed artifact: {e}") from e
+            s.add(
+                ArtifactRow(
+                    sha256=sha, size_bytes=len(blob), format_version=version, blob=blob, created_at=_utcnow()
+                )
+            )
+            s.flush()
+        return sha
+
+    def get_artifact(self, sha256: str) -> bytes:
+        """The artifact's bytes, verified against its SHA-256.
+
+        Raises:
+            StorageError: unknown id or bytes that do not match it.
+        """
+        with self.session() as s:
+            row = s.get(ArtifactRow, sha256)
+            if row is None:
+                raise StorageError(f"no artifact {sha256}")
+            blob = bytes(row.blob)
+        if hashlib.sha256(blob).hexdigest() != sha256:
+            raise StorageError(f"artifact {sha256} is corrupt in the database (SHA-256 mismatch)")
+        return blob
+
+    # trials ---------------------------------------------------------------------------
+
+    def record_trial(
+        self,
+        study_id: int,
+        *,
+        optuna_trial_id: int,
+        number: int,
+        state: str,
+        params: dict[str, Any],
+        attempt: int,
+        retry_of: int | None = None,
+        blob: bytes | None = None,
+        accuracy: float | None = None,
+        accuracy_drop: float | None = None,
+        ratio: float | None = None,
+        layers: dict[str, Any] | None = None,
+        wall_seconds: float | None = None,
+        node: str | None = None,
+        error: str | None = None,
+    ) -> TrialRecord:
+        """Record a finished trial and its artifact in one transaction."""
+        with self.session() as s:
+            sha = self._put_artifact(s, blob) if blob is not None else None
+            row = TrialRow(
+                study_id=study_id,
+                optuna_trial_id=optuna_trial_id,
+                number=number,
+                state=state,
+                params_json=json.dumps(params, sort_keys=True),
+                accuracy=accuracy,
+                accuracy_drop=accuracy_drop,
+                size_bytes=len(blob) if blob is not None else None,
+                ratio=ratio,
+                layers_json=json.dumps(layers, sort_keys=True) if layers is not None else None,
+                wall_seconds=wall_seconds,
+                node=node,
+                attempt=attempt,
+                retry_of=retry_of,
+                artifact_sha256=sha,
+                error=error,
+                finished_at=_utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            return _trial_record(row)
+
+    def trial_by_optuna_id(self, optuna_trial_id: int) -> TrialRecord | None:
+        """The finished-trial record of an Optuna trial id, or None."""
+        with self.session() as s:
+            row = s.scalars(select(TrialRow).where(TrialRow.optuna_trial_id == optuna_trial_id)).first()
+            return None if row is None else _trial_record(row)
+
+    def trials(self, study_id: int, *, state: str | None = None) -> list[TrialRecord]:
+        """Finished trials of a study in trial-number order, optionally of one state."""
+        with self.session() as s:
+            q = select(TrialRow).where(TrialRow.study_id == study_id)
+            if state is not None:
+                q = q.where(TrialRow.state == state)
+            return [_trial_record(r) for r in s.scalars(q.order_by(TrialRow.number))]
+
+    def count_trials(self, study_id: int) -> dict[str, int]:
+        """Finished trials per state."""
+        with self.session() as s:
+            rows = s.execute(
+                select(TrialRow.state, func.count()).where(TrialRow.study_id == study_id).group_by(TrialRow.state)
+            ).all()
+            return {state: int(n) for state, n in rows}
+
+    def trial(self, study_id: int, number: int) -> TrialRecord:
+        """The finished trial with this number."""
+        with self.session() as s:
+            row = s.scalars(
+                select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.number == number)
+            ).first()
+            if row is None:
+                raise StorageError(f"trial {number} has no finished record in this study")
+            return _trial_record(row)
+
+    def best(self, study_id: int, *, max_drop: float, top: int | None = None) -> list[TrialRecord]:
+        """Complete trials within ``max_drop``, smallest artifact first (then most accurate)."""
+        with self.session() as s:
+            q = (
+                select(TrialRow)
+                .where(
+                    TrialRow.study_id == study_id,
+                    TrialRow.state == "COMPLETE",
+                    TrialRow.accuracy_drop <= max_drop,
+                )
+                .order_by(TrialRow.size_bytes, TrialRow.accuracy.desc(), TrialRow.number)
+            )
+            if top is not None:
+                q = q.limit(top)
+            return [_trial_record(r) for r in s.scalars(q)]
+
+
+def lease_age(info: StudyInfo) -> timedelta | None:
+    """How long ago the study's driver last beat, or None."""
+    if info.lease_heartbeat is None:
+        return None
+    return _utcnow() - info.lease_heartbeat

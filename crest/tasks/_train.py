@@ -1,0 +1,99 @@
+"""Training and evaluation loops (CPU or the model's device), with optional held masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from crest.tasks._workload import Workload
+
+__all__ = ["train", "evaluate", "batches"]
+
+
+def batches(
+    dataset: Dataset,  # type: ignore[type-arg]
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches of ``(inputs, labels)``; a fast path for in-memory TensorDatasets."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        x, y = dataset.tensors
+        n = len(x)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    for xb, yb in loader:
+        yield xb, yb
+
+
+def train(
+    model: nn.Module,
+    workload: Workload,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Train ``model`` in place with Adam; masked parameters stay exactly zero.
+
+    Args:
+        model: the model (its parameters' device is used).
+        workload: supplies the training set, batch size and loss.
+        epochs: passes over the training set.
+        lr: Adam learning rate.
+        seed: seeds the shuffle, so equal seeds give equal runs.
+        masks: parameter name -> bool tensor of the parameter's shape; False entries
+            are held at zero (their gradients and Adam moments are zeroed too).
+    """
+    if epochs <= 0:
+        return model
+    loss_fn = workload.loss or nn.functional.cross_entropy
+    params = dict(model.named_parameters())
+    held = {name: m.to(params[name].device) for name, m in (masks or {}).items()}
+    for name, m in held.items():
+        with torch.no_grad():
+            params[name].mul_(m)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb.to(device)), yb.to(device))
+            loss.backward()
+            for name, m in held.items():
+                grad = params[name].grad
+                if grad is not None:
+                    grad.mul_(m)
+            opt.step()
+            with torch.no_grad():
+                for name, m in held.items():
+                    params[name].mul_(m)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, workload: Workload) -> float:
+    """The workload's score of ``model`` (higher is better): its ``evaluate`` or top-1 accuracy."""
+    model.eval()
+    if workload.evaluate is not None:
+        return float(workload.evaluate(model))
+    device = next(model.parameters()).device
+    correct = 0
+    total = 0
+    for xb, yb in batches(workload.test_set, max(workload.batch_size, 256), shuffle=False):
+        pred = model(xb.to(device)).argmax(dim=1)
+        correct += int((pred == yb.to(device)).sum())
+        total += len(yb)
+    return correct / total if total else 0.0

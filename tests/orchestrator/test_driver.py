@@ -1,0 +1,184 @@
+"""The driver on a real local Ray with a real database: run, resume, recover, refuse."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from crest import gpu
+from crest.config import parse_sweep
+from crest.exceptions import ConfigError, LeaseError, WorkloadError
+from crest.orchestrator import DriverOptions, Progress, SweepDriver
+from crest.storage import Store, trial_state_counts
+from crest.tasks import evaluate, get_workload, model_from_tensors
+
+from ..conftest import TINY_SWEEP
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+OPTIONS = DriverOptions(lease_ttl=10, heartbeat=0.5, poll=0.2)
+
+
+def _config(url: str, **changes: Any):  # type: ignore[no-untyped-def]
+    return parse_sweep({**TINY_SWEEP, **changes}, overrides={"storage": url})
+
+
+def _run(url: str, **changes: Any) -> tuple[Any, list[Progress]]:
+    seen: list[Progress] = []
+    driver = SweepDriver(_config(url, **changes), sweep_yaml="# test\n", options=OPTIONS, on_progress=seen.append)
+    return driver.run(), seen
+
+
+def test_sweep_records_every_trial_and_its_decodable_artifact(storage_url: str) -> None:
+    summary, seen = _run(storage_url)
+    assert summary.complete == 4 and summary.failed_this_run == 0
+    assert seen[-1].complete == 4 and seen[-1].message == "done"
+    store = Store(storage_url, create=False)
+    try:
+        info = store.require_study("tiny")
+        assert info.baseline_accuracy is not None and info.baseline_accuracy > 0.85
+        assert info.lease_owner is None, "the lease is released at the end"
+        trials = store.trials(info.id, state="COMPLETE")
+        assert [t.number for t in trials] == [0, 1, 2, 3]
+        assert trial_state_counts(store, "tiny")["COMPLETE"] == 4
+        wl = get_workload("tiny-digits")
+        for t in trials:
+            blob = store.get_artifact(t.artifact_sha256)
+            assert hashlib.sha256(blob).hexdigest() == t.artifact_sha256
+            assert t.size_bytes == len(blob)
+            assert t.ratio == pytest.approx(4 * 2410 / len(blob))
+            assert t.accuracy_drop == pytest.approx(info.baseline_accuracy - t.accuracy)
+            # the recorded accuracy belongs to the stored bytes
+            assert evaluate(model_from_tensors(wl, gpu.decode(blob)), wl) == t.accuracy
+            assert set(t.layers) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+            for name in ("fc1.weight", "fc2.weight"):
+                bits = t.params[f"quantize/{name}/bits"]
+                assert t.layers[name]["bits"] == bits
+                values = gpu.decode(blob)[name]
+                assert len(np.unique(values[values != 0])) <= 2**bits - 1
+            assert t.node and t.attempt == 1
+        # the Optuna study is complete and told the constraint
+        study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
+        assert all("crest_constraint" in t.user_attrs for t in study.trials)
+    finally:
+        store.close()
+
+
+def test_launch_again_extends_and_never_reruns(sqlite_url: str) -> None:
+    _run(sqlite_url)
+    store = Store(sqlite_url, create=False)
+    before = {t.number: t.artifact_sha256 for t in store.trials(store.require_study("tiny").id)}
+    store.close()
+    summary, _ = _run(sqlite_url, n_trials=6)
+    assert summary.complete == 6 and summary.ran_this_run == 2
+    store = Store(sqlite_url, create=False)
+    try:
+        after = {t.number: t.artifact_sha256 for t in store.trials(store.require_study("tiny").id)}
+        assert len(after) == 6 and {k: after[k] for k in before} == before
+        assert store.require_study("tiny").n_trials == 6
+    finally:
+        store.close()
+    # already complete: nothing runs
+    summary, _ = _run(sqlite_url, n_trials=6)
+    assert summary.ran_this_run == 0
+
+
+def test_a_changed_search_is_refused_before_anything_runs(sqlite_url: str) -> None:
+    _run(sqlite_url, n_trials=2)
+    with pytest.raises(ConfigError, match="different search.*seed"):
+        _run(sqlite_url, n_trials=2, seed=7)
+
+
+def test_second_driver_is_refused_while_the_first_is_alive(sqlite_url: str) -> None:
+    _run(sqlite_url, n_trials=1)
+    store = Store(sqlite_url, create=False)
+    info = store.require_study("tiny")
+    store.acquire_lease(info.id, "otherhost:1234:live", ttl=10)
+    try:
+        with pytest.raises(LeaseError, match="another driver"):
+            _run(sqlite_url, n_trials=3)
+        assert len(store.trials(info.id)) == 1, "the refused driver ran nothing"
+    finally:
+        store.release_lease(info.id, "otherhost:1234:live")
+        store.close()
+
+
+def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: str) -> None:
+    _run(sqlite_url, n_trials=2)
+    store = Store(sqlite_url, create=False)
+    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
+    orphan = study.ask()  # what a killed driver leaves behind: a RUNNING trial
+    params = {
+        "prune/fc1.weight/quality": orphan.suggest_float("prune/fc1.weight/quality", 0.1, 1.2),
+        "prune/fc2.weight/quality": orphan.suggest_float("prune/fc2.weight/quality", 0.1, 1.2),
+        "quantize/fc1.weight/bits": orphan.suggest_int("quantize/fc1.weight/bits", 3, 5),
+        "quantize/fc2.weight/bits": orphan.suggest_int("quantize/fc2.weight/bits", 3, 5),
+    }
+    store.close()
+    summary, _ = _run(sqlite_url, n_trials=3)
+    assert summary.complete == 3
+    store = Store(sqlite_url, create=False)
+    try:
+        info = store.require_study("tiny")
+        failed = store.trials(info.id, state="FAIL")
+        assert [t.number for t in failed] == [orphan.number]
+        assert "driver stopped" in (failed[0].error or "")
+        rerun = [t for t in store.trials(info.id, state="COMPLETE") if t.retry_of == orphan.number]
+        assert len(rerun) == 1 and rerun[0].attempt == 2
+        assert {k: rerun[0].params[k] for k in params} == params
+        counts = trial_state_counts(store, "tiny")
+        assert counts["RUNNING"] == 0 and counts["COMPLETE"] == 3 and counts["FAIL"] == 1
+    finally:
+        store.close()
+
+
+def test_bad_workload_or_pattern_writes_nothing(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    with pytest.raises(WorkloadError):
+        _run(url, workload="no-such-workload")
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        _run(url, stages=[{"type": "prune", "layers": {"conv*": {"quality": 1.0}}}])
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_failing_trials_are_recorded_and_the_sweep_stops_after_max_failures(sqlite_url: str, tmp_path: Any) -> None:
+    module = tmp_path / "boom_wl.py"
+    module.write_text(
+        "import torch\n"
+        "from crest.tasks import get_workload\n"
+        "class Boom(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.fc1 = torch.nn.Linear(64, 32); self.fc2 = torch.nn.Linear(32, 10)\n"
+        "        self.calls = 0\n"
+        "    def forward(self, x):\n"
+        "        if not torch.is_grad_enabled() and self.fc1.weight.eq(0).any():\n"
+        "            raise ValueError('boom on pruned model')\n"
+        "        return self.fc2(torch.relu(self.fc1(x)))\n"
+        "def make():\n"
+        "    wl = get_workload('tiny-digits'); wl.build_model = Boom; wl.name = 'boom'; return wl\n"
+    )
+    config = _config(sqlite_url, workload="boom_wl:make", max_failures=2)
+    driver = SweepDriver(
+        config, sweep_yaml="", options=DriverOptions(lease_ttl=10, heartbeat=0.5, poll=0.2, search_path=(str(tmp_path),))
+    )
+    from crest.exceptions import SweepError
+
+    with pytest.raises(SweepError, match="trials failed.*boom on pruned model"):
+        driver.run()
+    store = Store(sqlite_url, create=False)
+    try:
+        info = store.require_study("tiny")
+        failed = store.trials(info.id, state="FAIL")
+        booms = [t for t in failed if "boom" in (t.error or "")]
+        assert len(booms) == 3, "the third failure beyond max_failures=2 stops the sweep"
+        # a trial still running on the other worker is failed as interrupted, and queued again
+        assert all("interrupted" in (t.error or "") for t in failed if t not in booms)
+        assert info.lease_owner is None
+        assert trial_state_counts(store, "tiny")["RUNNING"] == 0
+    finally:
+        store.close()

@@ -1,0 +1,166 @@
+"""The store on every backend: schema through alembic, leases, trials, artifacts, queries."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+
+from crest import gpu
+from crest.exceptions import LeaseError, StorageError
+from crest.storage import Store, lease_owner_id, study_status
+
+
+def _blob(seed: int) -> bytes:
+    w = np.zeros((40, 40), np.float32)
+    w[seed % 40, :: seed + 1] = 0.25
+    return gpu.encode({"w": w, "b": np.full(3, seed, np.float32)})
+
+
+def _study(store: Store, name: str = "s1", n: int = 5):
+    return store.create_study(name, sweep_yaml="study: x\n", config_json='{"constraints": {"max_accuracy_drop": 0.02}}',
+                              workload="tiny-digits", n_trials=n)
+
+
+def test_new_database_gets_crest_and_optuna_tables_side_by_side(storage_url: str) -> None:
+    store = Store(storage_url, create=True)
+    try:
+        store.optuna_storage()  # Optuna creates its tables in the same database
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"crest_studies", "crest_trials", "crest_artifacts", "crest_alembic_version"} <= tables
+        assert {"studies", "trials", "alembic_version"} <= tables
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM crest_alembic_version")).scalar() == "0001"
+    finally:
+        store.close()
+    # opening again neither fails nor migrates twice
+    Store(storage_url, create=False).close()
+
+
+def test_trial_and_artifact_in_one_transaction(storage_url: str) -> None:
+    store = Store(storage_url, create=True)
+    try:
+        study = _study(store)
+        blob = _blob(1)
+        rec = store.record_trial(study.id, optuna_trial_id=11, number=0, state="COMPLETE", params={"a": 1.5},
+                                 attempt=1, blob=blob, accuracy=0.9, accuracy_drop=0.01, ratio=3.0,
+                                 layers={"w": {"sparsity": 0.9}}, wall_seconds=1.0, node="n1")
+        assert rec.artifact_sha256 == hashlib.sha256(blob).hexdigest()
+        assert rec.size_bytes == len(blob)
+        assert store.get_artifact(rec.artifact_sha256) == blob
+        assert store.trial_by_optuna_id(11) == rec
+        # a second trial with the same bytes shares the artifact row
+        store.record_trial(study.id, optuna_trial_id=12, number=1, state="COMPLETE", params={}, attempt=1,
+                           blob=blob, accuracy=0.8, accuracy_drop=0.11, ratio=3.0)
+        # a duplicate optuna trial id rolls back its whole transaction, artifact included
+        other = _blob(2)
+        with pytest.raises(StorageError):
+            store.record_trial(study.id, optuna_trial_id=11, number=2, state="COMPLETE", params={}, attempt=1,
+                               blob=other)
+        with pytest.raises(StorageError, match="no artifact"):
+            store.get_artifact(hashlib.sha256(other).hexdigest())
+        assert store.count_trials(study.id) == {"COMPLETE": 2}
+    finally:
+        store.close()
+
+
+def test_best_orders_by_size_within_the_drop(storage_url: str) -> None:
+    store = Store(storage_url, create=True)
+    try:
+        study = _study(store)
+        rows = [(0, _blob(3), 0.90, 0.00), (1, _blob(5), 0.85, 0.05), (2, _blob(7), 0.89, 0.01)]
+        for number, blob, acc, drop in rows:
+            store.record_trial(study.id, optuna_trial_id=100 + number, number=number, state="COMPLETE", params={},
+                               attempt=1, blob=blob, accuracy=acc, accuracy_drop=drop, ratio=1.0)
+        store.record_trial(study.id, optuna_trial_id=200, number=3, state="FAIL", params={}, attempt=1, error="x")
+        best = store.best(study.id, max_drop=0.02)
+        assert [t.number for t in best] == sorted((0, 2), key=lambda n: len(rows[n][1]))
+        assert all(t.accuracy_drop <= 0.02 for t in best)
+        assert len(store.best(study.id, max_drop=1.0, top=1)) == 1
+    finally:
+        store.close()
+
+
+def test_lease_refuses_a_second_live_driver(storage_url: str) -> None:
+    store = Store(storage_url, create=True)
+    try:
+        study = _study(store)
+        a, b = lease_owner_id(), "elsewhere:1:abcd"
+        store.acquire_lease(study.id, a, ttl=30)
+        store.acquire_lease(study.id, a, ttl=30)  # re-entrant for its holder
+        with pytest.raises(LeaseError, match="another driver"):
+            store.acquire_lease(study.id, b, ttl=30)
+        assert store.heartbeat(study.id, a)
+        assert not store.heartbeat(study.id, b)
+        assert study_status(store, store.require_study("s1"), lease_ttl=30)["driver"] == "running"
+        # a stale heartbeat frees the lease
+        time.sleep(1.1)
+        store.acquire_lease(study.id, b, ttl=1)
+        assert not store.heartbeat(study.id, a), "the old holder learns it lost the lease"
+        store.release_lease(study.id, b)
+        assert store.require_study("s1").lease_owner is None
+    finally:
+        store.close()
+
+
+def test_lease_of_a_dead_local_process_is_free_at_once(storage_url: str) -> None:
+    store = Store(storage_url, create=True)
+    try:
+        study = _study(store)
+        proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        dead = f"{os.uname().nodename}:{proc.stdout.strip()}:dead"
+        store.acquire_lease(study.id, dead, ttl=3600)
+        store.acquire_lease(study.id, lease_owner_id(), ttl=3600)
+    finally:
+        store.close()
+
+
+def test_read_only_open_of_a_missing_database_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nothing.db"
+    with pytest.raises(StorageError, match="no database"):
+        Store(f"sqlite:///{path}", create=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("not a url", "not a database URL"),
+        ("nosuchdb://x/y", "unsupported database"),
+        ("sqlite:////no/such/dir/x.db", "does not exist"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/none", "cannot connect"),
+    ],
+)
+def test_bad_urls_are_storage_errors(url: str, words: str) -> None:
+    with pytest.raises(StorageError, match=words):
+        Store(url, create=True)
+
+
+def test_database_without_crest_tables(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x INT)").connection.commit()
+    with pytest.raises(StorageError, match="no crest studies"):
+        Store(f"sqlite:///{path}", create=False)
+
+
+def test_corrupt_artifact_is_detected(sqlite_url: str) -> None:
+    store = Store(sqlite_url, create=True)
+    try:
+        study = _study(store)
+        rec = store.record_trial(study.id, optuna_trial_id=1, number=0, state="COMPLETE", params={}, attempt=1,
+                                 blob=_blob(4))
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE crest_artifacts SET blob = :b"), {"b": b"garbage"})
+        with pytest.raises(StorageError, match="corrupt"):
+            store.get_artifact(rec.artifact_sha256)
+    finally:
+        store.close()

@@ -1,0 +1,241 @@
+"""The crest CLI as a user runs it: real processes, a real local Ray, a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from crest import gpu
+from crest.storage import Store, trial_state_counts
+from crest.tasks import evaluate, get_workload, model_from_tensors
+
+from .conftest import TINY_SWEEP
+
+
+def crest(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crest", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _write_sweep(path: Path, **changes: Any) -> Path:
+    path.write_text(yaml.safe_dump({**TINY_SWEEP, **changes}, sort_keys=False))
+    return path
+
+
+def test_help_explains_every_command(tmp_path: Path) -> None:
+    out = crest("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for command in ("launch", "resume", "status", "studies", "best", "export", "inspect", "workloads"):
+        assert command in out.stdout
+    launch = crest("launch", "--help", cwd=tmp_path).stdout
+    for option in ("--study", "--storage", "--n-trials", "--workers", "--address"):
+        assert option in launch
+
+
+def test_inspect_shows_the_header(tmp_path: Path) -> None:
+    w = np.zeros((64, 32), np.float32)
+    w[::5, ::3] = np.float32(0.75)
+    blob = gpu.encode({"fc.weight": w, "fc.bias": np.ones(64, np.float32)})
+    (tmp_path / "a.crest").write_bytes(blob)
+    out = crest("inspect", "a.crest", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "fc.weight" in out.stdout and "sparse" in out.stdout and gpu.sha256(blob) in out.stdout
+    manifest = json.loads(crest("inspect", "a.crest", "--json", cwd=tmp_path).stdout)
+    assert manifest["sha256"] == gpu.sha256(blob)
+    assert [t["name"] for t in manifest["tensors"]] == ["fc.weight", "fc.bias"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["inspect", "missing.crest"], "cannot read missing.crest"),
+        (["inspect", "junk.crest"], "magic"),
+        (["launch", "missing.yaml"], "no such sweep file"),
+        (["launch", "bad.yaml"], "bad.yaml: n_trials: "),
+        (["launch", "badpattern.yaml"], "matches no parameter"),
+        (["status", "nope"], "no database at crest.db"),
+        (["best", "nope", "--storage", "nonsense"], "not a database URL"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], words: str) -> None:
+    (tmp_path / "junk.crest").write_bytes(b"this is not an artifact at all")
+    _write_sweep(tmp_path / "bad.yaml", n_trials=-3)
+    _write_sweep(tmp_path / "badpattern.yaml", stages=[{"type": "prune", "layers": {"conv9.*": {"quality": 1.0}}}])
+    out = crest(*args, cwd=tmp_path)
+    assert out.returncode == 2, out
+    assert words in out.stderr
+    assert out.stderr.startswith("crest: error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "crest.db").exists()
+
+
+def _complete(db: Path, study: str) -> int:
+    if not db.exists():
+        return 0
+    store = Store(f"sqlite:///{db}", create=False) if _has_tables(db) else None
+    if store is None:
+        return 0
+    try:
+        info = store.get_study(study)
+        return 0 if info is None else store.count_trials(info.id).get("COMPLETE", 0)
+    finally:
+        store.close()
+
+
+def _has_tables(db: Path) -> bool:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name='crest_alembic_version'").fetchone())
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_hard(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)  # the driver only, as `kill -9 PID` would
+    proc.wait(timeout=30)
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    try:  # Ray processes the killed driver left in its session
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_launch_status_best_export_round_trip(tmp_path: Path) -> None:
+    _write_sweep(tmp_path / "sweep.yaml", n_trials=3)
+    out = crest("launch", "sweep.yaml", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "3 complete trials" in out.stdout and "best of 'tiny'" in out.stdout
+    status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
+    assert {k: status[k] for k in ("study", "n_trials", "complete", "running", "failed", "waiting")} == {
+        "study": "tiny", "n_trials": 3, "complete": 3, "running": 0, "failed": 0, "waiting": 0,
+    }
+    best = json.loads(crest("best", "tiny", "--json", "--top", "2", "--max-drop", "1", cwd=tmp_path).stdout)
+    assert 1 <= len(best) <= 2
+    for row in best:
+        assert {"trial", "accuracy", "accuracy_drop", "size_bytes", "ratio", "params", "artifact_sha256"} <= set(row)
+    assert [r["size_bytes"] for r in best] == sorted(r["size_bytes"] for r in best)
+    top = best[0]
+    out = crest("export", "tiny", "--trial", str(top["trial"]), "-o", "best.crest", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    blob = (tmp_path / "best.crest").read_bytes()
+    assert gpu.sha256(blob) == top["artifact_sha256"] and len(blob) == top["size_bytes"]
+    wl = get_workload("tiny-digits")
+    assert evaluate(model_from_tensors(wl, gpu.decode(blob)), wl) == top["accuracy"]
+    # export refuses to overwrite without --force
+    again = crest("export", "tiny", "-o", "best.crest", cwd=tmp_path)
+    assert again.returncode == 2 and "exists" in again.stderr
+    listing = json.loads(crest("studies", "--json", cwd=tmp_path).stdout)
+    assert [s["study"] for s in listing] == ["tiny"]
+
+
+def test_user_workload_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "my_workload.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "from crest.tasks import Workload\n"
+        "def make():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(512, 8, generator=g); y = (x[:, 0] + x[:, 1] > 0).long()\n"
+        "    net = lambda: torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))\n"
+        "    return Workload(name='mine', build_model=net, train_set=TensorDataset(x[:400], y[:400]),\n"
+        "                    test_set=TensorDataset(x[400:], y[400:]), baseline_epochs=5, batch_size=32, lr=0.01)\n"
+    )
+    _write_sweep(
+        tmp_path / "mine.yaml", study="mine", workload="my_workload:make", n_trials=2,
+        stages=[{"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.0]}}},
+                {"type": "quantize", "layers": {"*.weight": {"bits": [3, 4]}}}],
+    )
+    out = crest("launch", "mine.yaml", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(crest("status", "mine", "--json", cwd=tmp_path).stdout)["complete"] == 2
+
+
+def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    n = 10
+    _write_sweep(tmp_path / "sweep.yaml", n_trials=n, stages=[
+        {"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.2]}}},
+        {"type": "retrain", "epochs": 150},  # about 2 s a trial: slow enough to kill mid-sweep
+        {"type": "quantize", "layers": {"*.weight": {"bits": [3, 5]}}},
+    ])
+    db = tmp_path / "crest.db"
+    seen_complete: dict[int, str] = {}
+
+    def snapshot() -> dict[int, str]:
+        store = Store(f"sqlite:///{db}", create=False)
+        try:
+            info = store.require_study("tiny")
+            return {t.number: t.artifact_sha256 for t in store.trials(info.id, state="COMPLETE")}
+        finally:
+            store.close()
+
+    first = subprocess.Popen([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: _complete(db, "tiny") >= 2, 180, "2 complete trials")
+        # a second driver on the live study is refused, and writes nothing
+        second = crest("launch", "sweep.yaml", "-q", cwd=tmp_path)
+        assert second.returncode == 2 and "another driver" in second.stderr, second.stderr
+        _kill_hard(first)
+    finally:
+        _reap(first)
+    seen_complete = snapshot()
+    assert 2 <= len(seen_complete) < n
+
+    # resume, kill again mid-way, resume to the end
+    again = subprocess.Popen([sys.executable, "-m", "crest", "resume", "tiny", "-q"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        target = min(n - 1, len(seen_complete) + 2)
+        _wait_for(lambda: _complete(db, "tiny") >= target or again.poll() is not None, 180, "more trials")
+        _kill_hard(again)
+    finally:
+        _reap(again)
+    middle = snapshot()
+    assert {k: middle[k] for k in seen_complete} == seen_complete, "a completed trial changed"
+
+    out = crest("resume", "tiny", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    final = snapshot()
+    assert len(final) == n, "exactly n_trials complete trials"
+    assert {k: final[k] for k in middle} == middle, "completed trials were kept as they were"
+    store = Store(f"sqlite:///{db}", create=False)
+    try:
+        info = store.require_study("tiny")
+        records = store.trials(info.id)
+        complete = [t for t in records if t.state == "COMPLETE"]
+        failed_numbers = {t.number for t in records if t.state == "FAIL"}
+        # every re-run trial replaces a failed (interrupted) one, never a completed one
+        for t in complete:
+            if t.retry_of is not None:
+                assert t.retry_of in failed_numbers
+                assert t.retry_of not in {c.number for c in complete}
+        for t in complete:
+            blob = store.get_artifact(t.artifact_sha256)  # verifies SHA-256
+            assert gpu.sha256(blob) == t.artifact_sha256
+        counts = trial_state_counts(store, "tiny")
+        assert counts["COMPLETE"] == n and counts["RUNNING"] == 0
+        assert info.lease_owner is None
+    finally:
+        store.close()
