@@ -9,7 +9,12 @@ input makes :func:`decode`, :func:`inspect` and :func:`parse` raise :class:`Form
 The byte layout is specified in ``docs/format.md``.
 
 This package imports with NumPy and the standard library only (no Ray, database, torch
-or CuPy), so a deployment target can load artifacts.
+or CuPy), so a deployment target can load artifacts. The GPU side loads lazily:
+``decode(blob, device="cuda")`` (CuPy arrays), ``device="torch:cuda"`` (torch tensors via
+DLPack) and ``device="auto"`` run the CUDA kernels of ``kernels.cu``;
+:func:`sparse_matmul` computes ``y = W x`` straight from the compressed form; the torch
+modules :class:`CompressedLinear` and :class:`CompressedConv2d` and :func:`load_model`
+are imported on first use (they need torch).
 
 Example:
     >>> import numpy as np
@@ -21,28 +26,51 @@ Example:
 
 from __future__ import annotations
 
-from crest.exceptions import FormatError
+from typing import Any
+
+from crest.exceptions import FormatError, GpuUnavailableError
+from crest.gpu._api import DEVICES, decode, gpu_unavailable_reason, sparse_matmul, to_device
 from crest.gpu._codec import (
     DTYPES,
     FORMAT_VERSION,
     EncodedTensor,
-    decode,
     encode,
     inspect,
     parse,
     sha256,
 )
 from crest.gpu._container import MAGIC
+from crest.gpu._cuda import DeviceTensor
 
 __all__ = [
+    "DEVICES",
     "DTYPES",
     "FORMAT_VERSION",
     "MAGIC",
+    "CompressedConv2d",
+    "CompressedLinear",
+    "DeviceTensor",
     "EncodedTensor",
     "FormatError",
+    "GpuUnavailableError",
     "decode",
     "encode",
+    "gpu_unavailable_reason",
     "inspect",
+    "load_model",
     "parse",
     "sha256",
+    "sparse_matmul",
+    "to_device",
 ]
+
+_TORCH_NAMES = frozenset({"CompressedLinear", "CompressedConv2d", "load_model"})
+
+
+def __getattr__(name: str) -> Any:
+    """Load the torch-based names on first use, so that this package never needs torch."""
+    if name in _TORCH_NAMES:
+        from crest.gpu import _torch
+
+        return getattr(_torch, name)
+    raise AttributeError(f"module 'crest.gpu' has no attribute {name!r}")

@@ -40,6 +40,30 @@ SCRIPT = textwrap.dedent(
     assert out["w"].tobytes() == w.tobytes() and out["b"].tobytes() == b.tobytes()
     assert [t["encoding"] for t in inspect(blob)["tensors"]] == ["sparse", "sparse"]
     assert len(parse(blob)) == 2
+    # the GPU-side modules import too, and fail late with a clear reason
+    import crest.gpu._api, crest.gpu._cuda, crest.gpu._xp  # noqa: E401
+    from crest.gpu import DeviceTensor, GpuUnavailableError, sparse_matmul, to_device  # noqa: F401
+    from crest.gpu._xp import decode_sparse_xp
+    from crest.exceptions import GpuUnavailableError as Gue
+    assert GpuUnavailableError is Gue
+    t = parse(blob)[0]
+    assert decode_sparse_xp(t, np).tobytes() == w.tobytes()
+    x = np.ones(64, np.float32)
+    assert np.allclose(sparse_matmul(t, x), w @ x)
+    assert isinstance(decode(blob, device="auto")["w"], np.ndarray)
+    for device in ("cuda", "torch:cuda"):
+        try:
+            decode(blob, device=device)
+        except GpuUnavailableError as e:
+            assert "is not installed" in str(e), e
+        else:
+            raise SystemExit("cuda decode without CuPy did not raise")
+    try:
+        crest.gpu.CompressedLinear
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("CompressedLinear loaded without torch")
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine: all of tests/gpu (CPU and GPU tests), then the
+# GPU benchmark. Writes $OUT/gpu_tests.log, $OUT/gpu_bench.log and $OUT/gpu_decode.json
+# ($OUT defaults to bench/results). Installs nothing; about 3-5 minutes on an H100.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$REPO/bench/results}"
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$OUT"
+cd "$REPO"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+
+{
+  echo "== $(date -u +%FT%TZ) $(hostname)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
+  "$PYTHON" - <<'PY'
+import sys
+print("python", sys.version.split()[0])
+for name in ("numpy", "cupy", "torch", "hypothesis", "pytest"):
+    try:
+        module = __import__(name)
+        print(name, getattr(module, "__version__", "?"))
+    except Exception as exc:  # report, do not fail: the tests say what is missing
+        print(name, "unavailable:", type(exc).__name__, exc)
+PY
+} 2>&1 | tee "$OUT/gpu_env.log"
+
+timeout 240 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 300 "$PYTHON" bench/gpu_decode.py --out "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_bench.log"
