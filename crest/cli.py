@@ -344,6 +344,32 @@ def inspect_cmd(
 
 
 @app.command()
+def nodes(study: StudyArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the decoder check of every node the study ran on (CuPy vs NumPy, bit for bit)."""
+    store = _open_store(_storage(storage))
+    try:
+        info = store.require_study(study)
+        checks = store.node_checks(info.id)
+    finally:
+        store.close()
+    if as_json:
+        _echo_json(checks)
+        return
+    if not checks:
+        typer.echo(f"no node checks recorded for '{study}' yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("node", "host", "mode", "gpu", "cuda", "cupy", "result", "seconds")
+    for c in checks:
+        result = "pass" if c["passed"] else f"FAIL: {c['reason']}"
+        table.add_row(c["node_id"][:12], c["host"], c["mode"], c["gpu_name"] or "-", c["cuda_version"] or "-",
+                      c["cupy_version"] or "-", result, f"{c['seconds']:.2f}")
+    Console().print(table)
+
+
+@app.command()
 def workloads() -> None:
     """List the built-in workloads (a sweep may also name its own as module:function)."""
     from crest.tasks import builtin_workloads

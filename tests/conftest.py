@@ -36,6 +36,7 @@ def ray_local() -> Iterator[None]:
     import ray
 
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=100 * 1024 * 1024,

@@ -37,7 +37,10 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
         return False
     try:
         if address is None:
+            # "local" always starts a new instance, never joining a cluster that another
+            # process left running on this machine (or one named by RAY_ADDRESS)
             ray.init(
+                address="local",
                 num_cpus=max(int(-(-cpus_needed // 1)), os.cpu_count() or 1),
                 include_dashboard=False,
                 object_store_memory=256 * 1024 * 1024,

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -28,7 +28,7 @@ from crest.orchestrator._space import (
     objective_values,
     suggest,
 )
-from crest.orchestrator._worker import TrialWorker
+from crest.orchestrator._pool import WorkerPool
 from crest.storage import Store, StudyInfo, lease_owner_id
 from crest.tasks import TrialOutcome, TrialPlan, dense_fp32_bytes, get_workload, resolve_plan
 
@@ -48,12 +48,16 @@ class DriverOptions:
         heartbeat: seconds between heartbeats.
         search_path: directories for importing ``module:function`` workloads.
         poll: seconds between progress reports while waiting for results.
+        node_scan: seconds between looks for nodes that joined (each gets a decoder check).
+        no_worker_timeout: seconds without any worker before the sweep gives up.
     """
 
     lease_ttl: float = 30.0
     heartbeat: float = 5.0
     search_path: tuple[str, ...] = ()
     poll: float = 0.5
+    node_scan: float = 5.0
+    no_worker_timeout: float = 60.0
 
 
 @dataclass
@@ -95,14 +99,6 @@ class _InFlight:
     retry_of: int | None
     seed: int
     started: float
-
-
-@dataclass
-class _Pool:
-    ready: list[Any] = field(default_factory=list)
-    starting: dict[Any, Any] = field(default_factory=dict)  # setup ref -> actor
-    nodes: dict[Any, dict[str, Any]] = field(default_factory=dict)  # actor -> node info
-    all: list[Any] = field(default_factory=list)  # every actor started, to kill at the end
 
 
 class _Heartbeat(threading.Thread):
@@ -229,37 +225,70 @@ class SweepDriver:
         )
         self._recover(store, study, info)
 
-        worker_cls = ray.remote(TrialWorker).options(  # type: ignore[attr-defined]
-            num_cpus=cfg.ray.cpus_per_worker,
-            num_gpus=cfg.ray.gpus_per_worker,
-            max_restarts=0,
-        )
-        threads = max(1, int(cfg.ray.cpus_per_worker))
-        search_path = list(self.options.search_path)
+        pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
+        artifacts = self._check_artifacts(store, info)
+        self._emit(self._progress(study, info, t0, 0, message="checking the decoder on every node"))
+        pool.scan_nodes(artifacts)
+        pool.wait_for_checks()
+        if not pool.passed_nodes():
+            reasons = "; ".join(
+                f"{c['host']}: {c['reason']}" for c in store.node_checks(info.id) if not c["passed"]
+            )
+            raise SweepError(f"no node passed the decoder check ({reasons or 'no alive node'})")
 
-        def new_actor() -> Any:
-            return worker_cls.remote(cfg.workload, plan, search_path, threads)
+        try:
+            trainer = None
+            if info.baseline_sha256 is None:
+                self._emit(self._progress(study, info, t0, 0, message="training the baseline"))
+                room = pool.placement(1)
+                if not room:
+                    raise SweepError(
+                        "no node that passed the decoder check has room for a worker "
+                        f"(cpus_per_worker={cfg.ray.cpus_per_worker}, gpus_per_worker={cfg.ray.gpus_per_worker})"
+                    )
+                trainer = pool.new_actor(room[0])
+                try:
+                    blob, accuracy = ray.get(trainer.train_baseline.remote(cfg.seed))
+                except ray.exceptions.RayError as e:
+                    raise SweepError(f"the baseline could not be trained: {_short_error(e)}") from e
+                store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)
+                info = store.require_study(cfg.study)
+                artifacts = self._check_artifacts(store, info)
+            baseline_blob = store.get_artifact(info.baseline_sha256)  # type: ignore[arg-type]
+            pool.baseline = (ray.put(baseline_blob), float(info.baseline_accuracy))  # type: ignore[arg-type]
+            if trainer is not None:  # the worker that trained the baseline stays a worker
+                pool.starting[trainer.load_baseline.remote(*pool.baseline)] = trainer
+            pool.fill()
+            return self._loop(store, study, info, plan, pool, beat, artifacts, t0)
+        finally:
+            pool.kill_all()
 
-        actors = [new_actor() for _ in range(cfg.workers)]
-        if info.baseline_sha256 is None:
-            self._emit(self._progress(study, info, t0, 0, message="training the baseline"))
-            try:
-                blob, accuracy = ray.get(actors[0].train_baseline.remote(cfg.seed))
-            except ray.exceptions.RayError as e:
-                raise SweepError(f"the baseline could not be trained: {_short_error(e)}") from e
-            store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)
-            info = store.require_study(cfg.study)
-        baseline_blob = store.get_artifact(info.baseline_sha256)  # type: ignore[arg-type]
-        baseline_ref = ray.put(baseline_blob)
-        baseline_acc = float(info.baseline_accuracy)  # type: ignore[arg-type]
+    def _check_artifacts(self, store: Store, info: StudyInfo) -> list[bytes]:
+        """Real artifacts of the study for the decoder check: the baseline and the best trial."""
+        out = []
+        if info.baseline_sha256 is not None:
+            out.append(store.get_artifact(info.baseline_sha256))
+        best = store.best(info.id, max_drop=float("inf"), top=1)
+        if best and best[0].artifact_sha256:
+            out.append(store.get_artifact(best[0].artifact_sha256))
+        return out
 
-        pool = _Pool(all=list(actors))
-        for actor in actors:
-            pool.starting[actor.load_baseline.remote(baseline_ref, baseline_acc)] = actor
+    def _loop(
+        self,
+        store: Store,
+        study: optuna.Study,
+        info: StudyInfo,
+        plan: TrialPlan,
+        pool: WorkerPool,
+        beat: _Heartbeat,
+        artifacts: list[bytes],
+        t0: float,
+    ) -> SweepSummary:
+        import ray
 
+        cfg = self.config
         in_flight: dict[Any, _InFlight] = {}
-        counts = _state_counts(study)
-        complete = counts[TrialState.COMPLETE]
+        complete = _state_counts(study)[TrialState.COMPLETE]
         failed_run = 0
         ran = 0
         max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.n_trials)
@@ -275,6 +304,10 @@ class SweepDriver:
                     raise LeaseError(
                         f"lost the lease on study '{cfg.study}' (another driver took it over); stopping"
                     )
+                if time.monotonic() - pool.last_scan > self.options.node_scan:
+                    pool.scan_nodes(artifacts)  # nodes that joined get checked, then workers
+                for row in pool.expire_checks():
+                    last_error = f"node {row['node_id'][:8]}: decoder check failed: {row['reason']}"
                 # dispatch to every idle worker while trials are still needed
                 dispatched = False
                 while pool.ready and complete + len(in_flight) < info.n_trials:
@@ -295,41 +328,44 @@ class SweepDriver:
                     )
                     last_progress.message = last_error
                     self._emit(last_progress)
-                if not pool.ready and not pool.starting and not in_flight:
+                if pool.live_count() == 0 and not pool.checking:
                     no_worker_since = no_worker_since or time.monotonic()
-                    if time.monotonic() - no_worker_since > 60:
+                    if time.monotonic() - no_worker_since > self.options.no_worker_timeout:
                         raise SweepError(f"no worker is left to run trials; last error: {last_error or 'none'}")
                 else:
                     no_worker_since = None
-                waitable = list(in_flight) + list(pool.starting)
+                waitable = list(in_flight) + list(pool.starting) + list(pool.checking)
                 if not waitable:
                     time.sleep(self.options.poll)
+                    pool.fill()
                     continue
                 done, _ = ray.wait(waitable, num_returns=1, timeout=self.options.poll)
                 for ref in done:
+                    if ref in pool.checking:
+                        row = pool.handle_check(ref)
+                        if not row["passed"]:
+                            last_error = f"node {row['host']}: decoder check failed: {row['reason']}"
+                        pool.fill()
+                        continue
                     if ref in pool.starting:
-                        actor = pool.starting.pop(ref)
-                        try:
-                            pool.nodes[actor] = ray.get(ref)
-                            pool.ready.append(actor)
-                        except ray.exceptions.RayError as e:
-                            last_error = f"a worker failed to start: {_short_error(e)}"
+                        error = pool.handle_started(ref)
+                        if error is not None:
+                            last_error = f"a worker failed to start: {_short_error(error)}"
                             failed_run += 1
-                            if failed_run > max_failures or (not pool.ready and not pool.starting and not in_flight):
-                                raise SweepError(last_error) from e
+                            if failed_run > max_failures:
+                                raise SweepError(last_error) from error
+                            pool.fill()
                         continue
                     job = in_flight.pop(ref)
-                    node = pool.nodes.get(job.actor, {})
+                    node = pool.info.get(job.actor, {})
                     try:
                         outcome: TrialOutcome = ray.get(ref)
                     except ray.exceptions.RayActorError as e:
                         last_error = f"trial {job.trial.number}: the worker died ({_short_error(e)})"
                         failed_run += 1
                         self._fail(store, study, info, job, node, last_error, retry=job.attempt <= cfg.max_retries)
-                        pool.nodes.pop(job.actor, None)
-                        replacement = new_actor()
-                        pool.all.append(replacement)
-                        pool.starting[replacement.load_baseline.remote(baseline_ref, baseline_acc)] = replacement
+                        pool.forget(job.actor)
+                        pool.fill()
                     except ray.exceptions.RayTaskError as e:
                         last_error = f"trial {job.trial.number} failed: {_short_error(e)}"
                         failed_run += 1
@@ -357,15 +393,12 @@ class SweepDriver:
             for job in in_flight.values():
                 try:
                     self._fail(
-                        store, study, info, job, pool.nodes.get(job.actor, {}),
+                        store, study, info, job, pool.info.get(job.actor, {}),
                         "interrupted: the driver stopped", retry=True, count_attempt=False,
                     )
                 except Exception:  # the database may be what failed; resume settles it
                     break
             raise
-        finally:
-            for actor in pool.all:
-                ray.kill(actor, no_restart=True)
         self._emit(self._progress(study, info, t0, 0, completed_this_run=completed_this_run, message="done"))
         return SweepSummary(cfg.study, complete, failed_run, ran, time.monotonic() - t0)
 

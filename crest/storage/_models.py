@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -17,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "StudyRow", "TrialRow", "ArtifactRow"]
+__all__ = ["Base", "StudyRow", "TrialRow", "ArtifactRow", "NodeCheckRow"]
 
 
 class Base(DeclarativeBase):
@@ -83,3 +84,22 @@ class TrialRow(Base):
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NodeCheckRow(Base):
+    """One decoder check of one Ray node: CuPy (mode "cuda") or NumPy (mode "cpu") vs the reference."""
+
+    __tablename__ = "crest_node_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("crest_studies.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(300))
+    mode: Mapped[str] = mapped_column(String(8))
+    gpu_name: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    cuda_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cupy_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -23,7 +23,7 @@ from crest.storage._engine import (
     session_scope,
     upgrade_schema,
 )
-from crest.storage._models import ArtifactRow, StudyRow, TrialRow
+from crest.storage._models import ArtifactRow, NodeCheckRow, StudyRow, TrialRow
 
 if TYPE_CHECKING:
     import optuna
@@ -447,6 +447,42 @@ class Store:
                 raise StorageError(f"trial {number} has no finished record in this study")
             return _trial_record(row)
 
+    def record_node_check(self, study_id: int, check: dict[str, Any]) -> None:
+        """Store one node's decoder check (the dict :func:`crest.orchestrator.check_node` returns)."""
+        with self.session() as s:
+            s.add(
+                NodeCheckRow(
+                    study_id=study_id,
+                    node_id=str(check["node_id"]),
+                    host=str(check["host"]),
+                    mode=str(check["mode"]),
+                    gpu_name=check.get("gpu_name"),
+                    cuda_version=check.get("cuda_version"),
+                    cupy_version=check.get("cupy_version"),
+                    passed=bool(check["passed"]),
+                    reason=check.get("reason"),
+                    seconds=float(check["seconds"]),
+                    checked_at=_utcnow(),
+                )
+            )
+
+    def node_checks(self, study_id: int, *, latest: bool = True) -> list[dict[str, Any]]:
+        """Decoder checks of a study's nodes, oldest first; ``latest`` keeps each node's last one."""
+        with self.session() as s:
+            rows = list(
+                s.scalars(
+                    select(NodeCheckRow).where(NodeCheckRow.study_id == study_id).order_by(NodeCheckRow.id)
+                )
+            )
+            checks = [_node_check_dict(r) for r in rows]
+        if latest:
+            last: dict[str, dict[str, Any]] = {}
+            for c in checks:
+                last.pop(c["node_id"], None)
+                last[c["node_id"]] = c
+            checks = list(last.values())
+        return checks
+
     def best(self, study_id: int, *, max_drop: float, top: int | None = None) -> list[TrialRecord]:
         """Complete trials within ``max_drop``, smallest artifact first (then most accurate)."""
         with self.session() as s:
@@ -462,6 +498,21 @@ class Store:
             if top is not None:
                 q = q.limit(top)
             return [_trial_record(r) for r in s.scalars(q)]
+
+
+def _node_check_dict(row: NodeCheckRow) -> dict[str, Any]:
+    return {
+        "node_id": row.node_id,
+        "host": row.host,
+        "mode": row.mode,
+        "gpu_name": row.gpu_name,
+        "cuda_version": row.cuda_version,
+        "cupy_version": row.cupy_version,
+        "passed": row.passed,
+        "reason": row.reason,
+        "seconds": row.seconds,
+        "checked_at": _aware(row.checked_at).isoformat(),  # type: ignore[union-attr]
+    }
 
 
 def lease_age(info: StudyInfo) -> timedelta | None:

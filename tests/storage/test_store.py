@@ -16,6 +16,7 @@ from sqlalchemy import inspect, text
 from crest import gpu
 from crest.exceptions import LeaseError, StorageError
 from crest.storage import Store, lease_owner_id, study_status
+from crest.storage._engine import HEAD_REVISION
 
 
 def _blob(seed: int) -> bytes:
@@ -37,7 +38,7 @@ def test_new_database_gets_crest_and_optuna_tables_side_by_side(storage_url: str
         assert {"crest_studies", "crest_trials", "crest_artifacts", "crest_alembic_version"} <= tables
         assert {"studies", "trials", "alembic_version"} <= tables
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM crest_alembic_version")).scalar() == "0001"
+            assert conn.execute(text("SELECT version_num FROM crest_alembic_version")).scalar() == HEAD_REVISION
     finally:
         store.close()
     # opening again neither fails nor migrates twice
@@ -164,3 +165,24 @@ def test_corrupt_artifact_is_detected(sqlite_url: str) -> None:
             store.get_artifact(rec.artifact_sha256)
     finally:
         store.close()
+
+
+def test_a_database_of_every_earlier_revision_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
+    import shutil
+
+    pinned = sorted((Path(__file__).parent / "data").glob("crest-*.db"))
+    assert pinned, "a pinned database of each earlier schema revision lives in tests/storage/data"
+    for original in pinned:
+        path = tmp_path / original.name
+        shutil.copy(original, path)
+        store = Store(f"sqlite:///{path}", create=False)
+        try:
+            with store.engine.connect() as conn:
+                assert conn.execute(text("SELECT version_num FROM crest_alembic_version")).scalar() == HEAD_REVISION
+            info = store.require_study("old")
+            assert [t.state for t in store.trials(info.id)] == ["FAIL"]
+            assert store.node_checks(info.id) == []
+            store.record_node_check(info.id, {"node_id": "n", "host": "h", "mode": "cpu", "passed": True, "seconds": 0.1})
+            assert store.node_checks(info.id)[0]["passed"] is True
+        finally:
+            store.close()

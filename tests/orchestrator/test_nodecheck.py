@@ -1,0 +1,106 @@
+"""Decoder checks per node and worker placement; a real 3-node Ray cluster on this CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from crest import gpu
+from crest.orchestrator._nodecheck import check_node, gpu_probe, seeded_test_tensors
+from crest.orchestrator._pool import plan_placement
+
+from ..conftest import TINY_SWEEP
+
+
+def test_check_node_on_a_cpu_machine_passes_on_the_numpy_path() -> None:
+    blob = gpu.encode({"w": np.eye(40, dtype=np.float32)})
+    row = check_node([blob], seed=3, node_id="abc")
+    assert row["passed"], row["reason"]
+    assert row["node_id"] == "abc" and row["host"] == os.uname().nodename
+    probe = gpu_probe()
+    assert row["mode"] == ("cuda" if probe["available"] else "cpu")
+    if not probe["available"]:
+        assert row["reason"] == probe["reason"] and row["gpu_name"] is None
+    assert row["seconds"] > 0
+
+
+def test_check_node_reports_a_broken_artifact_as_a_failed_row() -> None:
+    blob = bytearray(gpu.encode({"w": np.ones(8, np.float32)}))
+    blob[-1] ^= 0xFF
+    row = check_node([bytes(blob)])
+    assert not row["passed"] and "FormatError" in row["reason"]
+
+
+def test_seeded_tensors_cover_fillers_chunks_and_dtypes() -> None:
+    tensors = seeded_test_tensors(0)
+    blob = gpu.encode(tensors, index_bits=4, code_bits=5, chunk_entries=256)
+    manifest = {t["name"]: t for t in gpu.inspect(blob)["tensors"]}
+    assert manifest["sparse.fp32"]["encoding"] == "sparse" and manifest["sparse.fp32"]["n_chunks"] > 1
+    assert manifest["sparse.fp16"]["dtype"] == "float16"
+    far = manifest["sparse.far_gaps"]
+    assert far["n_entries"] > 4 * 100, "gaps far beyond 2**index_bits need fillers"
+    assert manifest["dense.fp32"]["encoding"] == "dense"
+    assert np.array_equal(seeded_test_tensors(0)["sparse.fp32"], tensors["sparse.fp32"])
+
+
+def test_placement_spreads_workers_and_skips_failed_nodes() -> None:
+    capacity = {"a": 2, "b": 2, "bad": 0, "c": 1}
+    assert sorted(plan_placement(capacity, {}, 4)) == ["a", "a", "b", "c"] or sorted(
+        plan_placement(capacity, {}, 4)
+    ) == ["a", "b", "b", "c"]
+    assert "bad" not in plan_placement(capacity, {}, 10)
+    assert len(plan_placement(capacity, {}, 10)) == 5, "no more workers than room"
+    assert plan_placement(capacity, {"a": 2, "b": 2}, 2) == ["c"]
+    assert plan_placement({}, {}, 3) == []
+
+
+CLUSTER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                      "object_store_memory": 80 * 1024 * 1024})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, object_store_memory=80 * 1024 * 1024)
+    cluster.wait_for_nodes()
+    try:
+        out = subprocess.run([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q",
+                              "--address", cluster.address], capture_output=True, text=True, timeout=400)
+        print(json.dumps({"rc": out.returncode, "stdout": out.stdout, "stderr": out.stderr}))
+    finally:
+        cluster.shutdown()
+    """
+)
+
+
+def test_three_node_cluster_gets_one_check_per_node_and_workers_only_where_they_fit(tmp_path: Path) -> None:
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "n_trials": 3}))
+    (tmp_path / "cluster.py").write_text(CLUSTER_SCRIPT)
+    run = subprocess.run([sys.executable, "cluster.py"], cwd=tmp_path, capture_output=True, text=True, timeout=500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    launch = json.loads(run.stdout.strip().splitlines()[-1])
+    assert launch["rc"] == 0, launch["stderr"][-3000:]
+    nodes = subprocess.run([sys.executable, "-m", "crest", "nodes", "tiny", "--json"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert nodes.returncode == 0, nodes.stderr
+    checks = json.loads(nodes.stdout)
+    assert len(checks) == 3 and len({c["node_id"] for c in checks}) == 3
+    assert all(c["passed"] and c["mode"] in ("cpu", "cuda") for c in checks)
+    for key in ("node_id", "host", "gpu_name", "cuda_version", "cupy_version", "passed", "reason", "seconds"):
+        assert key in checks[0]
+    table = subprocess.run([sys.executable, "-m", "crest", "nodes", "tiny"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert table.stdout.count("pass") == 3
+    # the head has no CPUs: trials ran only on the two worker nodes
+    best = json.loads(subprocess.run([sys.executable, "-m", "crest", "best", "tiny", "--json", "--max-drop", "1"],
+                                     cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout)
+    assert len(best) == 3
+    assert len({row["node"].split("/")[1] for row in best}) <= 2
