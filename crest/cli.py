@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -127,6 +128,10 @@ def resume(
     _run_driver(config, info.sweep_yaml, lease_ttl=lease_ttl, quiet=quiet)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> None:
     from crest._progress import ProgressPrinter
     from crest.orchestrator import DriverOptions, SweepDriver
@@ -136,6 +141,7 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     )
     printer = ProgressPrinter(enabled=not quiet)
     driver = SweepDriver(config, sweep_yaml=text, options=options, on_progress=printer.update)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
         with printer:
             summary = driver.run()
@@ -146,6 +152,8 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
             err=True,
         )
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     typer.echo(
         f"study '{summary.study}': {summary.complete} complete trials "
         f"({summary.ran_this_run} run now, {summary.failed_this_run} failed) in {summary.elapsed:.1f} s"
@@ -396,7 +404,8 @@ def _root(
 def main() -> None:
     """Console entry point: runs the app; CrestError -> one line on stderr, exit 2."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode, click returns the code of a typer.Exit instead of exiting
+        code = app(standalone_mode=False)
     except CrestError as e:
         typer.echo(f"crest: error: {e}", err=True)
         sys.exit(2)
@@ -415,3 +424,4 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

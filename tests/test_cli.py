@@ -239,3 +239,30 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
         assert info.lease_owner is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signals) -> None:
+    _write_sweep(tmp_path / "sweep.yaml", n_trials=6, stages=[
+        {"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.2]}}},
+        {"type": "retrain", "epochs": 150},
+        {"type": "quantize", "layers": {"*.weight": {"bits": [3, 5]}}},
+    ])
+    db = tmp_path / "crest.db"
+    proc = subprocess.Popen([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: _complete(db, "tiny") >= 1, 180, "a complete trial")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _reap(proc)
+    assert proc.returncode == 130, err
+    assert "crest resume tiny" in err
+    status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
+    assert status["running"] == 0 and status["driver"] == "stopped"
+    assert status["waiting"] >= 1, "the interrupted trials' parameters are queued again"
+    out = crest("resume", "tiny", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
+    assert status["complete"] == 6 and status["waiting"] == 0 and status["running"] == 0

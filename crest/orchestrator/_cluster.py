@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 from crest.exceptions import SweepError
 
@@ -35,6 +37,7 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
 
     if ray.is_initialized():
         return False
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
         if address is None:
             # "local" always starts a new instance, never joining a cluster that another
@@ -52,6 +55,10 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
     except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError...
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise SweepError(f"cannot {where}: {e}") from e
+    # Ray installs a SIGTERM handler that aborts the process; a caller's own handler
+    # (the CLI's, which stops the sweep cleanly) must stay in charge
+    if callable(previous_term) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous_term)
     return True
 
 

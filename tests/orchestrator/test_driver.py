@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from crest import gpu
 from crest.config import parse_sweep
