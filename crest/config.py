@@ -20,6 +20,10 @@ A sweep file looks like::
         layers:
           "*.weight": {bits: [2, 6]}
 
+A ``lowrank`` stage (before any prune/quantize) factorises layers first, e.g.
+``{type: lowrank, layers: {"fc1.weight": {ratio: [0.05, 0.5]}}}``; later globs then see
+``fc1.first.weight`` and ``fc1.last.weight``.
+
 A search-space value is a number (fixed), ``[low, high]`` (searched; ints for integer
 fields), ``{low, high, log, step}`` or ``{choices: [...]}``.
 """
@@ -47,6 +51,7 @@ from crest.exceptions import ConfigError
 __all__ = [
     "SweepConfig",
     "Stage",
+    "LowRankStage",
     "PruneStage",
     "RetrainStage",
     "QuantizeStage",
@@ -91,6 +96,11 @@ class IntRange(_Strict):
     high: int
     log: bool = False
     step: int = Field(default=1, ge=1)
+
+    @field_validator("low", "high", mode="before")
+    @classmethod
+    def _integers(cls, v: Any) -> Any:
+        return _strict_number(v, integer=True)
 
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
@@ -177,6 +187,61 @@ class QuantizeLayer(_ParamHolder):
         return self
 
 
+class LowRankLayer(_ParamHolder):
+    """Per-layer low rank: give ``rank`` (an int) or ``ratio`` (a fraction of full rank).
+
+    A Linear [out, in] becomes two Linears through ``rank`` (full rank: min(out, in));
+    a Conv2d [out, in, k, k] becomes Tucker-2 (1x1 to r_in, kxk r_in->r_out, 1x1 to out)
+    with r_in = min(rank, in), r_out = min(rank, out), or ceil(ratio x in / out).
+    """
+
+    rank: IntParam | None = None
+    ratio: FloatParam | None = None
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _int_rank(cls, v: Any) -> Any:
+        return _strict_number(v, integer=True) if v is not None else v
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> LowRankLayer:
+        if (self.rank is None) == (self.ratio is None):
+            raise ValueError("give exactly one of 'rank' or 'ratio'")
+        _check_bounds(self.rank, "rank", 1, 1_000_000)
+        _check_bounds(self.ratio, "ratio", 0.0, 1.0, low_open=True)
+        return self
+
+
+class LowRankStage(_Strict):
+    """Factorise the Linear / Conv2d weights that match each glob (SVD / Tucker-2).
+
+    The factors are ordinary layers: ``fc1.weight`` becomes ``fc1.first.weight`` and
+    ``fc1.last.weight`` (bias ``fc1.last.bias``); ``conv2.weight`` becomes
+    ``conv2.first.weight``, ``conv2.core.weight`` and ``conv2.last.weight``. Later
+    stages' globs match these names.
+    """
+
+    type: Literal["lowrank"]
+    layers: dict[str, LowRankLayer] = Field(min_length=1)
+
+
+class DistillOptions(_ParamHolder):
+    """Knowledge distillation from the dense baseline's logits (Hinton et al.).
+
+    loss = (1 - weight) x cross-entropy + weight x temperature^2 x KL(teacher || student),
+    both softened by ``temperature``.
+    """
+
+    weight: FloatParam = 0.5
+    temperature: FloatParam = 4.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DistillOptions:
+        _check_bounds(self.weight, "weight", 0.0, 1.0)
+        _check_bounds(self.temperature, "temperature", 0.0, 100.0, low_open=True)
+        return self
+
+
 class PruneStage(_Strict):
     """Magnitude pruning of the layers that match each glob; masks are kept."""
 
@@ -185,25 +250,67 @@ class PruneStage(_Strict):
 
 
 class RetrainStage(_ParamHolder):
-    """Fine-tuning with the masks held: pruned weights stay zero."""
+    """Fine-tuning with the masks held: pruned weights stay zero.
+
+    ``rounds`` > 1 (right after a prune stage): iterative pruning; that prune's
+    per-layer sparsities are reached over the rounds (``schedule``: ``cubic`` (Zhu &
+    Gupta) or ``linear`` in round / rounds), each round pruning by magnitude then
+    retraining ``epochs`` epochs. ``dsd: true``: after the sparse phase, a dense phase
+    (``dsd_epochs``, default ``epochs``, at the same lr) without the masks; a later prune
+    stage then prunes the dense result, and without one the dense result is re-pruned
+    at once to each layer's sparse-phase sparsity (new masks, same counts).
+    ``distill``: add a distillation loss from the dense baseline's logits.
+    """
 
     type: Literal["retrain"]
     epochs: IntParam = 2
     lr: FloatParam | None = None
+    rounds: IntParam = 1
+    schedule: Literal["cubic", "linear"] = "cubic"
+    dsd: bool = False
+    dsd_epochs: IntParam | None = None
+    distill: DistillOptions | None = None
+
+    @field_validator("epochs", "rounds", "dsd_epochs", mode="before")
+    @classmethod
+    def _ints(cls, v: Any) -> Any:
+        return _strict_number(v, integer=True) if v is not None else v
 
     @model_validator(mode="after")
     def _bounds(self) -> RetrainStage:
         _check_bounds(self.epochs, "epochs", 0, 10_000)
         _check_bounds(self.lr, "lr", 0.0, 10.0, low_open=True)
+        _check_bounds(self.rounds, "rounds", 1, 100)
+        _check_bounds(self.dsd_epochs, "dsd_epochs", 0, 10_000)
+        if self.dsd_epochs is not None and not self.dsd:
+            raise ValueError("dsd_epochs needs dsd: true")
         return self
 
 
-class QuantizeStage(_Strict):
-    """Per-layer k-means weight sharing (linear initialisation)."""
+class QuantizeStage(_ParamHolder):
+    """Per-layer k-means weight sharing (linear initialisation).
+
+    ``finetune_epochs`` > 0: centroid fine-tuning (Deep Compression): each shared
+    value moves by the sum of its weights' gradients (Adam, ``finetune_lr``, default
+    the workload's lr / 10); zeros stay zero and values stay shared.
+    """
 
     type: Literal["quantize"]
     layers: dict[str, QuantizeLayer] = Field(min_length=1)
     iterations: int = Field(default=25, ge=1, le=1000)
+    finetune_epochs: IntParam = 0
+    finetune_lr: FloatParam | None = None
+
+    @field_validator("finetune_epochs", mode="before")
+    @classmethod
+    def _int_epochs(cls, v: Any) -> Any:
+        return _strict_number(v, integer=True)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QuantizeStage:
+        _check_bounds(self.finetune_epochs, "finetune_epochs", 0, 10_000)
+        _check_bounds(self.finetune_lr, "finetune_lr", 0.0, 10.0, low_open=True)
+        return self
 
 
 class EncodeStage(_Strict):
@@ -215,7 +322,8 @@ class EncodeStage(_Strict):
 
 
 Stage = Annotated[
-    Union[PruneStage, RetrainStage, QuantizeStage, EncodeStage], Field(discriminator="type")
+    Union[LowRankStage, PruneStage, RetrainStage, QuantizeStage, EncodeStage],
+    Field(discriminator="type"),
 ]
 
 
@@ -275,6 +383,12 @@ class SweepConfig(_Strict):
             raise ValueError("stages: 'encode' must be the last stage")
         if kinds.count("quantize") > 1:
             raise ValueError("stages: at most one 'quantize' stage")
+        if kinds.count("lowrank") > 1:
+            raise ValueError("stages: at most one 'lowrank' stage")
+        if "lowrank" in kinds:
+            first = kinds.index("lowrank")
+            if any(k in ("prune", "quantize") for k in kinds[:first]):
+                raise ValueError("stages: 'lowrank' must come before every prune and quantize stage")
         return self
 
     def to_json(self) -> str:
@@ -314,7 +428,7 @@ def _check_bounds(
             raise ValueError(f"{field}={v} is outside {lo}{low}, {high}{hi}")
 
 
-_STAGE_TAGS = {"prune", "retrain", "quantize", "encode"}
+_STAGE_TAGS = {"lowrank", "prune", "retrain", "quantize", "encode"}
 _UNION_TAGS = {"float", "int", "FloatRange", "IntRange", "FloatChoices", "IntChoices"}
 
 

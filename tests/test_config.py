@@ -50,6 +50,23 @@ def _bad(**changes: object) -> dict[str, object]:
         (_bad(stages=[{"type": "prune", "layers": {"*": {"sparsity": 1.0}}}]), "stages[0].layers.*", "outside"),
         (_bad(constraints={"max_accuracy_drop": -1}), "constraints.max_accuracy_drop", "greater than or equal"),
         (_bad(objectives=["accuracy"]), "objectives", "size"),
+        (_bad(stages=[{"type": "lowrank", "layers": {"fc1.weight": {}}}]), "stages[0].layers.fc1.weight", "exactly one of 'rank' or 'ratio'"),
+        (_bad(stages=[{"type": "lowrank", "layers": {"fc1.weight": {"rank": 4, "ratio": 0.5}}}]), "stages[0].layers.fc1.weight", "exactly one"),
+        (_bad(stages=[{"type": "lowrank", "layers": {"fc1.weight": {"ratio": [0.0, 0.5]}}}]), "stages[0].layers.fc1.weight", "ratio=0.0 is outside (0.0, 1.0]"),
+        (_bad(stages=[{"type": "lowrank", "layers": {"fc1.weight": {"rank": 2.5}}}]), "stages[0].layers.fc1.weight.rank", "integer"),
+        (_bad(stages=[{"type": "lowrank", "layers": {"fc1.weight": {"rnak": 2}}}]), "stages[0].layers.fc1.weight.rnak", "unknown key"),
+        (_bad(stages=[{"type": "lowrank", "layers": {}}]), "stages[0].layers", "at least 1"),
+        (_bad(stages=[{"type": "prune", "layers": {"*": {"quality": 1}}}, {"type": "lowrank", "layers": {"*": {"rank": 2}}}]), "<root>", "'lowrank' must come before"),
+        (_bad(stages=[{"type": "retrain", "rounds": 0}]), "stages[0]", "rounds=0 is outside"),
+        (_bad(stages=[{"type": "retrain", "rounds": [1, 1.5]}]), "stages[0].rounds.high", "integer"),
+        (_bad(stages=[{"type": "retrain", "dsd": "maybe"}]), "stages[0].dsd", "boolean"),
+        (_bad(stages=[{"type": "retrain", "dsd_epochs": 2}]), "stages[0]", "dsd_epochs needs dsd: true"),
+        (_bad(stages=[{"type": "retrain", "schedule": "exp"}]), "stages[0].schedule", "cubic"),
+        (_bad(stages=[{"type": "retrain", "distill": {"weight": 1.5}}]), "stages[0].distill", "weight=1.5 is outside [0.0, 1.0]"),
+        (_bad(stages=[{"type": "retrain", "distill": {"temperature": 0}}]), "stages[0].distill", "temperature=0"),
+        (_bad(stages=[{"type": "retrain", "distill": {"tau": 2}}]), "stages[0].distill.tau", "unknown key"),
+        (_bad(stages=[{"type": "quantize", "layers": {"*": {"bits": 4}}, "finetune_epochs": -1}]), "stages[0]", "finetune_epochs=-1 is outside"),
+        (_bad(stages=[{"type": "quantize", "layers": {"*": {"bits": 4}}, "finetune_lr": 0}]), "stages[0]", "finetune_lr=0"),
     ],
 )
 def test_bad_fields_are_named(data: dict[str, object], field: str, words: str) -> None:
@@ -59,6 +76,24 @@ def test_bad_fields_are_named(data: dict[str, object], field: str, words: str) -
     assert message.startswith(f"sweep.yaml: {field}: "), message
     assert words in message
     assert "\n" not in message
+
+
+def test_new_stage_fields_parse() -> None:
+    config = parse_sweep(
+        _bad(
+            stages=[
+                {"type": "lowrank", "layers": {"fc1.weight": {"ratio": [0.1, 0.5]}, "fc2.weight": {"rank": 8}}},
+                {"type": "prune", "layers": {"*.weight": {"sparsity": [0.5, 0.9]}}},
+                {"type": "retrain", "epochs": 1, "rounds": [1, 3], "schedule": "linear", "dsd": True,
+                 "distill": {"weight": [0.2, 0.8], "temperature": 4}},
+                {"type": "quantize", "layers": {"*.weight": {"bits": [2, 4]}}, "finetune_epochs": 2, "finetune_lr": 1e-4},
+            ]
+        )
+    )
+    lowrank, _, retrain, quantize = config.stages
+    assert lowrank.type == "lowrank" and lowrank.layers["fc2.weight"].rank == 8
+    assert retrain.dsd and retrain.schedule == "linear" and retrain.distill is not None
+    assert quantize.finetune_epochs == 2
 
 
 def test_overrides_replace_file_values() -> None:

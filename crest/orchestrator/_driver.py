@@ -156,7 +156,11 @@ class SweepDriver:
         cfg = self.config
         workload = get_workload(cfg.workload, search_path=list(self.options.search_path))
         model = workload.build_model()
-        plan = resolve_plan(cfg.stages, [n for n, _ in model.named_parameters()])
+        plan = resolve_plan(
+            cfg.stages,
+            [n for n, _ in model.named_parameters()],
+            shapes={n: tuple(p.shape) for n, p in model.named_parameters()},
+        )
         dense_bytes = dense_fp32_bytes(model)
         store = Store(cfg.storage, create=True)  # type: ignore[arg-type]
         try:

@@ -1,4 +1,4 @@
-"""What one trial does: workloads, pruning, retraining, weight sharing, the trial pipeline.
+"""What one trial does: workloads, low rank, pruning, retraining, weight sharing, the pipeline.
 
 Needs torch; imported by workers and by the driver (to resolve layer names).
 """
@@ -6,20 +6,36 @@ Needs torch; imported by workers and by the driver (to resolve layer names).
 from __future__ import annotations
 
 from crest.tasks._encode_plan import TensorPlan, plan_encoding, plan_tensor
+from crest.tasks._finetune import finetune_centroids
+from crest.tasks._lowrank import (
+    LowRankLinear,
+    Tucker2Conv2d,
+    apply_structure,
+    factorize_layer,
+    svd_factors,
+    tucker2_factors,
+)
 from crest.tasks._pipeline import (
     TrialOutcome,
     TrialRunner,
     dense_fp32_bytes,
     encode_state,
+    load_artifact,
     model_from_tensors,
+    prune_schedule,
     state_to_numpy,
     train_baseline,
 )
 from crest.tasks._plan import ParamSpec, StagePlan, TrialPlan, resolve_plan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
-from crest.tasks._quantize import kmeans_1d, share_weights
-from crest.tasks._train import evaluate, train
-from crest.tasks._workload import Workload, builtin_workloads, get_workload, register_workload
+from crest.tasks._quantize import cluster_weights, kmeans_1d, share_weights
+from crest.tasks._train import distill_loss, evaluate, train
+from crest.tasks._workload import (
+    Workload,
+    builtin_workloads,
+    get_workload,
+    register_workload,
+)
 
 __all__ = [
     "Workload",
@@ -46,4 +62,15 @@ __all__ = [
     "state_to_numpy",
     "model_from_tensors",
     "dense_fp32_bytes",
+    "load_artifact",
+    "prune_schedule",
+    "cluster_weights",
+    "finetune_centroids",
+    "distill_loss",
+    "LowRankLinear",
+    "Tucker2Conv2d",
+    "svd_factors",
+    "tucker2_factors",
+    "factorize_layer",
+    "apply_structure",
 ]

@@ -1,9 +1,27 @@
-"""What one trial does: prune, retrain, quantize, encode, then score the decoded bytes."""
+"""What one trial does: low rank, prune, retrain, quantize, encode, then score the decoded bytes.
+
+Stage semantics beyond the plain ones:
+
+* ``retrain`` with ``rounds`` R > 1 right after a ``prune`` stage: the prune is undone
+  and its per-layer sparsities are reached over R rounds (sparsity after round r =
+  start + (final - start) x :func:`prune_schedule`), each round pruning the smallest
+  current magnitudes (masks only shrink) then retraining ``epochs`` epochs. Without a
+  prune right before, the R rounds simply retrain R times.
+* ``retrain`` with ``dsd``: after the sparse phase, a dense phase trains every weight
+  (pruned ones restart from zero) at the stage's lr. If a later ``prune`` stage follows, the
+  dense result goes on to it; otherwise each masked layer is re-pruned at once by
+  magnitude to its sparse-phase sparsity, so the mask changes but the size does not.
+* ``quantize`` with ``finetune_epochs``: centroid fine-tuning (gradients summed per
+  shared value).
+* The evaluation rebuilds the model from the artifact alone (its low-rank structure
+  from the metadata), exactly as :func:`load_artifact` (``crest.load``) does.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,13 +29,15 @@ import torch
 from torch import nn
 
 from crest import gpu
-from crest.exceptions import CrestError
+from crest.exceptions import CrestError, WorkloadError
 from crest.tasks._encode_plan import plan_encoding
-from crest.tasks._plan import TrialPlan
+from crest.tasks._finetune import finetune_centroids
+from crest.tasks._lowrank import apply_structure, factorize_layer
+from crest.tasks._plan import StagePlan, TrialPlan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
-from crest.tasks._quantize import share_weights
+from crest.tasks._quantize import cluster_weights
 from crest.tasks._train import evaluate, train
-from crest.tasks._workload import Workload
+from crest.tasks._workload import Workload, get_workload
 
 __all__ = [
     "TrialOutcome",
@@ -27,6 +47,8 @@ __all__ = [
     "model_from_tensors",
     "dense_fp32_bytes",
     "encode_state",
+    "load_artifact",
+    "prune_schedule",
 ]
 
 
@@ -52,9 +74,29 @@ def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def model_from_tensors(workload: Workload, tensors: dict[str, np.ndarray]) -> nn.Module:
-    """A fresh model of the workload with ``tensors`` loaded (strict: names and shapes must match)."""
+def model_from_tensors(
+    workload: Workload,
+    tensors: dict[str, np.ndarray],
+    *,
+    structure: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A fresh model of the workload with ``tensors`` loaded (strict: names and shapes must match).
+
+    Args:
+        workload: builds the model.
+        tensors: name -> array, the model's state dict.
+        structure: the low-rank structure (an artifact's ``metadata["lowrank"]``) to
+            rebuild before loading; None or empty for an unfactorised model.
+
+    Returns:
+        The model on the CPU, in eval mode.
+
+    Raises:
+        CrestError: the tensors (or structure) do not fit the workload's model.
+    """
     model = workload.build_model()
+    if structure:
+        apply_structure(model, structure)
     state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -62,6 +104,45 @@ def model_from_tensors(workload: Workload, tensors: dict[str, np.ndarray]) -> nn
         raise CrestError(f"the artifact does not fit workload '{workload.name}': {e}") from e
     model.eval()
     return model
+
+
+def load_artifact(
+    source: str | Path | bytes | bytearray | memoryview,
+    workload: str | Workload | None = None,
+) -> nn.Module:
+    """Rebuild the model stored in a crest artifact (factorised layers included).
+
+    Args:
+        source: a file path or the artifact's bytes.
+        workload: the workload (name or object) whose model the artifact holds; None
+            takes the name recorded in the artifact's metadata.
+
+    Returns:
+        The model with the decoded tensors, on the CPU, in eval mode.
+
+    Raises:
+        FormatError: the artifact is malformed.
+        WorkloadError: no workload given or recorded, or it does not resolve.
+        CrestError: the tensors do not fit the workload's model.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        blob = bytes(source)
+    else:
+        try:
+            blob = Path(source).read_bytes()
+        except OSError as e:
+            raise CrestError(f"{source}: cannot read the artifact ({e})") from e
+    meta = gpu.inspect(blob).get("metadata", {})
+    if workload is None:
+        name = meta.get("workload")
+        if not isinstance(name, str):
+            raise WorkloadError("the artifact records no workload; pass workload=")
+        workload = name
+    wl = get_workload(workload) if isinstance(workload, str) else workload
+    structure = meta.get("lowrank") or None
+    if structure is not None and not isinstance(structure, dict):
+        raise CrestError("the artifact's low-rank structure is not a mapping")
+    return model_from_tensors(wl, gpu.decode(blob), structure=structure)
 
 
 def dense_fp32_bytes(model: nn.Module) -> int:
@@ -77,11 +158,22 @@ def encode_state(
     chunk_entries: int = 1024,
     metadata: dict[str, Any] | None = None,
 ) -> bytes:
-    """Encode a state dict with the smallest exact per-tensor options."""
+    """Encode a state dict with the smallest exact per-tensor options.
+
+    Float ``-0.0`` (what masking a negative weight leaves) is stored as ``+0.0``, so that
+    pruned weights cost nothing in the sparse encoding.
+    """
+    tensors = {k: _positive_zeros(v) for k, v in tensors.items()}
     overrides = plan_encoding(tensors, code_bits=code_bits, index_bits=index_bits)
     return gpu.encode(
         tensors, overrides=overrides, chunk_entries=chunk_entries, metadata=metadata or {}
     )
+
+
+def _positive_zeros(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "f" and array.size and bool(np.signbit(array[array == 0]).any()):
+        array = np.where(array == 0, np.zeros((), dtype=array.dtype), array)
+    return array
 
 
 def train_baseline(workload: Workload, *, seed: int) -> tuple[bytes, float]:
@@ -112,6 +204,15 @@ class TrialRunner:
         self.baseline = gpu.decode(baseline_blob)
         self.baseline_accuracy = baseline_accuracy
         self.dense_bytes = dense_fp32_bytes(workload.build_model())
+        self._teacher: nn.Module | None = None
+
+    def teacher(self) -> nn.Module:
+        """The dense baseline model (built once), the distillation teacher."""
+        if self._teacher is None:
+            self._teacher = model_from_tensors(self.workload, self.baseline)
+            for p in self._teacher.parameters():
+                p.requires_grad_(False)
+        return self._teacher
 
     def run(self, params: dict[str, Any], *, seed: int, metadata: dict[str, Any] | None = None) -> TrialOutcome:
         """Run the stages with ``params`` (every parameter of the plan, by name).
@@ -124,48 +225,36 @@ class TrialRunner:
         if missing:
             raise CrestError(f"trial parameters missing: {', '.join(missing)}")
         torch.manual_seed(seed)
-        model = model_from_tensors(self.workload, self.baseline)
-        named = dict(model.named_parameters())
-        masks: dict[str, torch.Tensor] = {}
-        code_bits: dict[str, int] = {}
-        for stage in self.plan.stages:
-            if stage.type == "prune":
-                with torch.no_grad():
-                    for layer, (rule, pname) in stage.layers.items():
-                        w = named[layer]
-                        fn = magnitude_mask if rule == "quality" else sparsity_mask
-                        mask = fn(w, float(params[pname]))
-                        if layer in masks:
-                            mask &= masks[layer]
-                        masks[layer] = mask
-                        w.mul_(mask)
+        state = _TrialState(model_from_tensors(self.workload, self.baseline))
+        stages = self.plan.stages
+        for i, stage in enumerate(stages):
+            if stage.type == "lowrank":
+                self._lowrank(state, stage, params)
+            elif stage.type == "prune":
+                self._prune(state, stage, params)
             elif stage.type == "retrain":
-                epochs = int(params[stage.options["epochs"]])
-                lr_name = stage.options.get("lr")
-                lr = float(params[lr_name]) if lr_name else self.workload.lr
-                train(model, self.workload, epochs=epochs, lr=lr, seed=seed, masks=masks)
+                previous = stages[i - 1] if i > 0 else None
+                prune_follows = any(s.type == "prune" for s in stages[i + 1 :])
+                self._retrain(state, stage, params, seed, previous, prune_follows)
             elif stage.type == "quantize":
-                with torch.no_grad():
-                    for layer, (_, pname) in stage.layers.items():
-                        bits = int(params[pname])
-                        w = named[layer]
-                        shared = share_weights(
-                            w.detach().cpu().numpy(), bits, iterations=stage.options["iterations"]
-                        )
-                        w.copy_(torch.from_numpy(shared))
-                        code_bits[layer] = bits
+                self._quantize(state, stage, params, seed)
+        model = state.model
         tensors = state_to_numpy(model)
+        meta: dict[str, Any] = {"workload": self.workload.name, **(metadata or {})}
+        if state.structure:
+            meta["lowrank"] = state.structure
         blob = encode_state(
             tensors,
-            code_bits=code_bits,
+            code_bits=state.code_bits,
             index_bits=self.plan.index_bits,
             chunk_entries=self.plan.chunk_entries,
-            metadata={"workload": self.workload.name, **(metadata or {})},
+            metadata=meta,
         )
         decoded = gpu.decode(blob)
-        accuracy = evaluate(model_from_tensors(self.workload, decoded), self.workload)
+        rebuilt = model_from_tensors(self.workload, decoded, structure=state.structure)
+        accuracy = evaluate(rebuilt, self.workload)
         manifest = gpu.inspect(blob)
-        layers = _layer_report(decoded, manifest, code_bits)
+        layers = _layer_report(decoded, manifest, state.code_bits, state.structure)
         size = len(blob)
         return TrialOutcome(
             blob=blob,
@@ -177,9 +266,164 @@ class TrialRunner:
             seconds=time.perf_counter() - start,
         )
 
+    # ------------------------------------------------------------------ stages
+
+    def _lowrank(self, state: _TrialState, stage: StagePlan, params: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for weight_name, (rule, pname) in stage.layers.items():
+                layer = weight_name.removesuffix(".weight")
+                value = params[pname]
+                kwargs = {"rank": int(value)} if rule == "rank" else {"ratio": float(value)}
+                state.structure[layer] = factorize_layer(state.model, layer, **kwargs)
+        # masks of factorised layers no longer apply (the config puts lowrank first)
+        names = set(dict(state.model.named_parameters()))
+        state.masks = {n: m for n, m in state.masks.items() if n in names}
+
+    def _prune(self, state: _TrialState, stage: StagePlan, params: dict[str, Any]) -> None:
+        named = dict(state.model.named_parameters())
+        state.before_prune = (
+            {n: p.detach().clone() for n, p in named.items()},
+            {n: m.clone() for n, m in state.masks.items()},
+        )
+        state.pruned = {}
+        with torch.no_grad():
+            for layer, (rule, pname) in stage.layers.items():
+                w = named[layer]
+                fn = magnitude_mask if rule == "quality" else sparsity_mask
+                mask = fn(w, float(params[pname]))
+                if layer in state.masks:
+                    mask &= state.masks[layer]
+                state.masks[layer] = mask
+                w.mul_(mask)
+                state.pruned[layer] = 1.0 - float(mask.float().mean())
+
+    def _retrain(
+        self,
+        state: _TrialState,
+        stage: StagePlan,
+        params: dict[str, Any],
+        seed: int,
+        previous: StagePlan | None,
+        prune_follows: bool,
+    ) -> None:
+        opts = stage.options
+        epochs = int(params[opts["epochs"]])
+        lr = float(params[opts["lr"]]) if opts.get("lr") else self.workload.lr
+        rounds = int(params[opts["rounds"]]) if opts.get("rounds") else 1
+        distill: dict[str, Any] = {}
+        if opts.get("distill_weight"):
+            distill = {
+                "teacher": self.teacher(),
+                "distill_weight": float(params[opts["distill_weight"]]),
+                "temperature": float(params[opts["distill_temperature"]]),
+            }
+        model = state.model
+        if rounds > 1 and previous is not None and previous.type == "prune" and state.before_prune:
+            self._iterative(state, rounds, opts.get("schedule", "cubic"), epochs, lr, seed, distill)
+        else:
+            for r in range(rounds):
+                train(model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill)
+        if opts.get("dsd"):
+            dsd_epochs = int(params[opts["dsd_epochs"]])
+            named = dict(model.named_parameters())
+            sparsity = {n: 1.0 - float(m.float().mean()) for n, m in state.masks.items()}
+            # dense phase: no masks, pruned weights start at zero and may regrow
+            train(model, self.workload, epochs=dsd_epochs, lr=lr, seed=seed + 7919, **distill)
+            state.masks = {}
+            if not prune_follows:
+                with torch.no_grad():
+                    for n, s in sparsity.items():
+                        mask = sparsity_mask(named[n], s)
+                        named[n].mul_(mask)
+                        state.masks[n] = mask
+
+    def _iterative(
+        self,
+        state: _TrialState,
+        rounds: int,
+        schedule: str,
+        epochs: int,
+        lr: float,
+        seed: int,
+        distill: dict[str, Any],
+    ) -> None:
+        weights, masks = state.before_prune or ({}, {})
+        named = dict(state.model.named_parameters())
+        with torch.no_grad():
+            for n, w in weights.items():
+                named[n].copy_(w)
+        start = {
+            n: 1.0 - float(masks[n].float().mean()) if n in masks else 0.0 for n in state.pruned
+        }
+        state.masks = {n: m.clone() for n, m in masks.items()}
+        for r in range(1, rounds + 1):
+            frac = prune_schedule(r, rounds, schedule)
+            with torch.no_grad():
+                for n, final in state.pruned.items():
+                    target = start[n] + (final - start[n]) * frac
+                    mask = sparsity_mask(named[n], target)
+                    if n in state.masks:
+                        mask &= state.masks[n]
+                    state.masks[n] = mask
+                    named[n].mul_(mask)
+            train(state.model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill)
+
+    def _quantize(self, state: _TrialState, stage: StagePlan, params: dict[str, Any], seed: int) -> None:
+        named = dict(state.model.named_parameters())
+        codebooks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        with torch.no_grad():
+            for layer, (_, pname) in stage.layers.items():
+                bits = int(params[pname])
+                w = named[layer]
+                shared, labels, codebook = cluster_weights(
+                    w.detach().cpu().numpy(), bits, iterations=stage.options["iterations"]
+                )
+                w.copy_(torch.from_numpy(shared))
+                state.code_bits[layer] = bits
+                codebooks[layer] = (labels, codebook)
+        opts = stage.options
+        ft_epochs = int(params[opts["finetune_epochs"]]) if opts.get("finetune_epochs") else 0
+        if ft_epochs > 0:
+            lr_name = opts.get("finetune_lr")
+            lr = float(params[lr_name]) if lr_name else self.workload.lr * _FINETUNE_LR_SCALE
+            finetune_centroids(
+                state.model, self.workload, codebooks, epochs=ft_epochs, lr=lr, seed=seed + 104729,
+                masks=state.masks,
+            )
+
+
+_FINETUNE_LR_SCALE = 0.1
+
+
+def prune_schedule(round_index: int, rounds: int, schedule: str = "cubic") -> float:
+    """Fraction (0..1] of the final extra sparsity reached after round ``round_index`` (1-based).
+
+    ``linear``: r / R; ``cubic`` (Zhu & Gupta 2017): 1 - (1 - r / R)^3, which prunes fast
+    early while the network is redundant and slowly at the end.
+    """
+    x = min(max(round_index / rounds, 0.0), 1.0)
+    if schedule == "linear":
+        return x
+    return 1.0 - (1.0 - x) ** 3
+
+
+@dataclass
+class _TrialState:
+    """What a trial carries from stage to stage."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    code_bits: dict[str, int] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)
+    pruned: dict[str, float] = field(default_factory=dict)
+    before_prune: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
 
 def _layer_report(
-    tensors: dict[str, np.ndarray], manifest: dict[str, Any], code_bits: dict[str, int]
+    tensors: dict[str, np.ndarray],
+    manifest: dict[str, Any],
+    code_bits: dict[str, int],
+    structure: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     info = {t["name"]: t for t in manifest["tensors"]}
     report: dict[str, dict[str, Any]] = {}
@@ -192,5 +436,13 @@ def _layer_report(
             "bits": code_bits.get(name),
             "encoding": entry.get("encoding"),
             "index_bits": entry.get("index_bits"),
+            "rank": _rank_of(name, structure or {}),
         }
     return report
+
+
+def _rank_of(name: str, structure: dict[str, Any]) -> Any:
+    for layer, entry in structure.items():
+        if name.startswith(f"{layer}.") and name.count(".") == layer.count(".") + 2:
+            return entry.get("rank", entry.get("ranks"))
+    return None

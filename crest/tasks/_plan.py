@@ -6,7 +6,7 @@ every worker; the driver turns its :class:`ParamSpec` list into Optuna distribut
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from crest.config import (
     FloatRange,
     IntChoices,
     IntRange,
+    LowRankStage,
     PruneStage,
     QuantizeStage,
     RetrainStage,
@@ -23,6 +24,7 @@ from crest.config import (
     match_layers,
 )
 from crest.exceptions import ConfigError
+from crest.tasks._lowrank import factorised_param_names
 
 __all__ = ["ParamSpec", "StagePlan", "TrialPlan", "resolve_plan"]
 
@@ -51,14 +53,21 @@ class StagePlan:
     """One stage with its layers mapped to parameter names.
 
     ``layers`` maps a parameter (layer) name to ``(rule, param_name)``: for prune the rule
-    is "quality" or "sparsity", for quantize it is "bits". ``options`` maps option names
-    (retrain's "epochs" and "lr", encode's "index_bits") to a parameter name or a value.
+    is "quality" or "sparsity", for quantize it is "bits", for lowrank "rank" or "ratio"
+    (keyed by the original weight name, e.g. ``fc1.weight``). ``options`` maps option
+    names to a parameter name (searched or fixed; a str) or a plain value: retrain's
+    "epochs", "lr", "rounds", "dsd_epochs", "distill_weight", "distill_temperature"
+    (parameter names; "rounds" absent means 1) and "schedule", "dsd" (values);
+    quantize's "iterations" (value), "finetune_epochs" and "finetune_lr" (parameter
+    names; absent means no fine-tuning / the default lr). ``names`` are the model's
+    parameter names after this stage (they change at a lowrank stage).
     """
 
     type: str
     label: str
     layers: dict[str, tuple[str, str]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,11 @@ def _spec(name: str, kind: str, value: Any) -> ParamSpec:
     return ParamSpec(name, kind, fixed=int(value) if kind == "int" else float(value))
 
 
+def _option(params: list[ParamSpec], name: str, kind: str, value: Any) -> str:
+    params.append(_spec(name, kind, value))
+    return name
+
+
 def _map_layers(
     index: int, label: str, patterns: dict[str, Any], names: Sequence[str]
 ) -> dict[str, tuple[str, Any]]:
@@ -104,14 +118,48 @@ def _map_layers(
     return mapped
 
 
-def resolve_plan(stages: Sequence[Stage], param_names: Sequence[str]) -> TrialPlan:
+def _lowrank_layers(
+    index: int, stage: LowRankStage, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[str, Any]]:
+    if shapes is None:
+        raise ConfigError(
+            f"stages[{index}]: a lowrank stage needs the parameters' shapes "
+            "(resolve_plan(..., shapes={name: shape}))"
+        )
+    eligible = [n for n in names if n.endswith(".weight") and len(shapes.get(n, ())) in (2, 4)]
+    mapped = _map_layers(index, "lowrank", stage.layers, names)
+    bad = [n for n in mapped if n not in eligible]
+    if bad:
+        raise ConfigError(
+            f"stages[{index}].layers: '{mapped[bad[0]][0]}' matches '{bad[0]}', which is not "
+            "the weight of a Linear or Conv2d layer (2-D or 4-D)"
+        )
+    return mapped
+
+
+def resolve_plan(
+    stages: Sequence[Stage],
+    param_names: Sequence[str],
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> TrialPlan:
     """Resolve the stages' layer globs against a model's parameter names.
 
-    When several patterns of one stage match a layer, the first pattern wins.
+    When several patterns of one stage match a layer, the first pattern wins. A
+    ``lowrank`` stage's globs match the baseline's weight names; every later stage's
+    globs match the names after factorisation (``fc1.first.weight``, ...).
+
+    Args:
+        stages: the sweep file's stages.
+        param_names: the baseline model's parameter names, in model order.
+        shapes: name -> shape of every parameter; needed only with a lowrank stage
+            (to tell Linear from Conv2d factors).
 
     Raises:
-        ConfigError: a pattern matches no parameter.
+        ConfigError: a pattern matches no parameter (or a lowrank pattern matches one
+            that is not a Linear / Conv2d weight).
     """
+    param_names = list(param_names)
     counts: dict[str, int] = {}
     plans: list[StagePlan] = []
     params: list[ParamSpec] = []
@@ -120,23 +168,35 @@ def resolve_plan(stages: Sequence[Stage], param_names: Sequence[str]) -> TrialPl
     for i, stage in enumerate(stages):
         counts[stage.type] = counts.get(stage.type, 0) + 1
         label = stage.type if counts[stage.type] == 1 else f"{stage.type}{counts[stage.type]}"
-        if isinstance(stage, PruneStage):
-            layers: dict[str, tuple[str, str]] = {}
+        layers: dict[str, tuple[str, str]] = {}
+        if isinstance(stage, LowRankStage):
+            for name, (_, cfg) in _lowrank_layers(i, stage, param_names, shapes).items():
+                rule = "rank" if cfg.rank is not None else "ratio"
+                pname = f"{label}/{name}/{rule}"
+                params.append(_spec(pname, "int" if rule == "rank" else "float", getattr(cfg, rule)))
+                layers[name] = (rule, pname)
+            param_names = factorised_param_names(param_names, shapes or {}, list(layers))
+            plans.append(StagePlan("lowrank", label, layers=layers, names=tuple(param_names)))
+        elif isinstance(stage, PruneStage):
             for name, (_, cfg) in _map_layers(i, label, stage.layers, param_names).items():
                 rule = "quality" if cfg.quality is not None else "sparsity"
                 pname = f"{label}/{name}/{rule}"
                 params.append(_spec(pname, "float", getattr(cfg, rule)))
                 layers[name] = (rule, pname)
-            plans.append(StagePlan("prune", label, layers=layers))
+            plans.append(StagePlan("prune", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, QuantizeStage):
-            layers = {}
             for name, (_, cfg) in _map_layers(i, label, stage.layers, param_names).items():
                 pname = f"{label}/{name}/bits"
                 params.append(_spec(pname, "int", cfg.bits))
                 layers[name] = ("bits", pname)
-            plans.append(
-                StagePlan("quantize", label, layers=layers, options={"iterations": stage.iterations})
-            )
+            qopts: dict[str, Any] = {"iterations": stage.iterations}
+            if stage.finetune_epochs != 0:
+                qopts["finetune_epochs"] = _option(
+                    params, f"{label}/finetune_epochs", "int", stage.finetune_epochs
+                )
+            if stage.finetune_lr is not None:
+                qopts["finetune_lr"] = _option(params, f"{label}/finetune_lr", "float", stage.finetune_lr)
+            plans.append(StagePlan("quantize", label, layers=layers, options=qopts, names=tuple(param_names)))
         elif isinstance(stage, RetrainStage):
             options: dict[str, Any] = {}
             pname = f"{label}/epochs"
@@ -146,7 +206,21 @@ def resolve_plan(stages: Sequence[Stage], param_names: Sequence[str]) -> TrialPl
                 lname = f"{label}/lr"
                 params.append(_spec(lname, "float", stage.lr))
                 options["lr"] = lname
-            plans.append(StagePlan("retrain", label, options=options))
+            if stage.rounds != 1:
+                options["rounds"] = _option(params, f"{label}/rounds", "int", stage.rounds)
+            options["schedule"] = stage.schedule
+            options["dsd"] = stage.dsd
+            if stage.dsd:
+                dsd_epochs = stage.dsd_epochs if stage.dsd_epochs is not None else stage.epochs
+                options["dsd_epochs"] = _option(params, f"{label}/dsd_epochs", "int", dsd_epochs)
+            if stage.distill is not None:
+                options["distill_weight"] = _option(
+                    params, f"{label}/distill_weight", "float", stage.distill.weight
+                )
+                options["distill_temperature"] = _option(
+                    params, f"{label}/distill_temperature", "float", stage.distill.temperature
+                )
+            plans.append(StagePlan("retrain", label, options=options, names=tuple(param_names)))
         elif isinstance(stage, EncodeStage):
             index_bits = stage.index_bits
             chunk_entries = stage.chunk_entries

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kmeans_1d", "share_weights"]
+__all__ = ["kmeans_1d", "share_weights", "cluster_weights"]
 
 
 def kmeans_1d(
@@ -52,6 +52,36 @@ def kmeans_1d(
     return centroids[used], labels
 
 
+def cluster_weights(
+    weight: np.ndarray, bits: int, *, iterations: int = 25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means weight sharing with its codebook: at most ``2**bits - 1`` nonzero values.
+
+    Args:
+        weight: float array of any shape.
+        bits: code width, 1..16.
+        iterations: Lloyd steps at most.
+
+    Returns:
+        (shared float32 array of ``weight``'s shape, labels int64 of the same shape
+        with 0 for a zero weight and ``j >= 1`` for ``codebook[j]``, codebook float32
+        [k + 1] with ``codebook[0] == 0`` and no other zero).
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    labels = np.zeros(w.shape, dtype=np.int64)
+    nz = w != 0
+    if not nz.any():
+        return np.zeros_like(w), labels, np.zeros(1, dtype=np.float32)
+    centroids, lab = kmeans_1d(w[nz], (1 << bits) - 1, iterations=iterations)
+    shared = centroids.astype(np.float32)
+    # a centroid that rounds to 0.0 would merge with the pruned weights; nudge it
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    shared[shared == 0] = tiny
+    codebook = np.concatenate([np.zeros(1, dtype=np.float32), shared])
+    labels[nz] = lab + 1
+    return codebook[labels], labels, codebook
+
+
 def share_weights(weight: np.ndarray, bits: int, *, iterations: int = 25) -> np.ndarray:
     """Replace a layer's nonzero weights by at most ``2**bits - 1`` shared values.
 
@@ -65,15 +95,4 @@ def share_weights(weight: np.ndarray, bits: int, *, iterations: int = 25) -> np.
     Returns:
         float32 array of ``weight``'s shape.
     """
-    w = np.asarray(weight, dtype=np.float32)
-    out = np.zeros_like(w)
-    nz = w != 0
-    if not nz.any():
-        return out
-    centroids, labels = kmeans_1d(w[nz], (1 << bits) - 1, iterations=iterations)
-    shared = centroids.astype(np.float32)
-    # a centroid that rounds to 0.0 would merge with the pruned weights; nudge it
-    tiny = np.float32(np.finfo(np.float32).tiny)
-    shared[shared == 0] = tiny
-    out[nz] = shared[labels]
-    return out
+    return cluster_weights(weight, bits, iterations=iterations)[0]

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from crest.tasks._workload import Workload
 
-__all__ = ["train", "evaluate", "batches"]
+__all__ = ["train", "evaluate", "batches", "distill_loss"]
 
 
 def batches(
@@ -34,6 +34,24 @@ def batches(
         yield xb, yb
 
 
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Hinton's soft-target loss: ``T^2 x KL(softmax(teacher/T) || softmax(student/T))``.
+
+    Args:
+        student, teacher: logits [batch, classes].
+        temperature: T > 0.
+
+    Returns:
+        The batch-mean loss (a scalar).
+    """
+    t = float(temperature)
+    log_p = nn.functional.log_softmax(student / t, dim=1)
+    log_q = nn.functional.log_softmax(teacher / t, dim=1)
+    return nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * (t * t)
+
+
 def train(
     model: nn.Module,
     workload: Workload,
@@ -42,6 +60,9 @@ def train(
     lr: float,
     seed: int,
     masks: dict[str, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
 ) -> nn.Module:
     """Train ``model`` in place with Adam; masked parameters stay exactly zero.
 
@@ -53,6 +74,10 @@ def train(
         seed: seeds the shuffle, so equal seeds give equal runs.
         masks: parameter name -> bool tensor of the parameter's shape; False entries
             are held at zero (their gradients and Adam moments are zeroed too).
+        teacher: a model whose logits the loss distils (with ``distill_weight`` > 0):
+            loss = (1 - w) x workload loss + w x :func:`distill_loss`.
+        distill_weight: w in [0, 1].
+        temperature: the distillation temperature T.
     """
     if epochs <= 0:
         return model
@@ -62,6 +87,8 @@ def train(
     for name, m in held.items():
         with torch.no_grad():
             params[name].mul_(m)
+    if teacher is not None:
+        teacher.eval()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -69,7 +96,13 @@ def train(
     for _ in range(epochs):
         for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb.to(device)), yb.to(device))
+            xb = xb.to(device)
+            logits = model(xb)
+            loss = loss_fn(logits, yb.to(device))
+            if teacher is not None and distill_weight > 0:
+                with torch.no_grad():
+                    soft = teacher(xb)
+                loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, soft, temperature)
             loss.backward()
             for name, m in held.items():
                 grad = params[name].grad

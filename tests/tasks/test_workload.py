@@ -13,7 +13,7 @@ from crest.tasks import Workload, builtin_workloads, get_workload
 
 
 def test_builtins_are_listed() -> None:
-    assert {"lenet300-mnist", "lenet5-mnist", "tiny-digits"} <= set(builtin_workloads())
+    assert {"lenet300-mnist", "lenet5-mnist", "vgg-mnist", "tiny-digits"} <= set(builtin_workloads())
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,7 @@ def test_builtins_are_listed() -> None:
     [
         ("lenet300-mnist", 266_610, 4000, 1000, (784,)),
         ("lenet5-mnist", 431_080, 4000, 1000, (1, 28, 28)),
+        ("vgg-mnist", 167_818, 4000, 1000, (1, 28, 28)),
         ("tiny-digits", 2_410, 1397, 400, (64,)),
     ],
 )
