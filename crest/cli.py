@@ -97,6 +97,58 @@ def launch(
 
 
 @app.command()
+def sensitivity(
+    sweep_file: Annotated[Path, typer.Argument(help="The sweep file (YAML).", show_default=False)],
+    study: Annotated[Optional[str], typer.Option(help="Study name (overrides the file's).")] = None,
+    storage: StorageOpt = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers (overrides the file's).")] = None,
+    sparsities: Annotated[
+        str, typer.Option(help="Comma-separated fractions of zeros to try per layer.")
+    ] = ",".join(str(s) for s in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)),
+    layers: Annotated[
+        Optional[str], typer.Option(help="Comma-separated parameter names. Default: every weight of 2+ dimensions.")
+    ] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto' or host:port).")] = None,
+    lease_ttl: LeaseTtlOpt = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure each layer's accuracy when pruned alone (no retraining) and store the table.
+
+    A sweep's prune stage can then take a layer's search range from it with
+    `sparsity: sensitivity`.
+    """
+    from crest.config import load_sweep
+    from crest.orchestrator import DriverOptions, SweepDriver
+
+    try:
+        levels = [float(x) for x in sparsities.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--sparsities: '{sparsities}' is not a comma-separated list of numbers") from e
+    if not levels or any(not 0.0 <= x < 1.0 for x in levels):
+        raise ConfigError("--sparsities: give fractions in [0, 1), e.g. 0.5,0.9,0.99")
+    config, text = load_sweep(sweep_file, overrides={"study": study, "workers": workers})
+    url = _storage(storage, config.storage)
+    ray_opts = config.ray.model_copy(update={"address": address}) if address else config.ray
+    config = config.model_copy(update={"storage": url, "ray": ray_opts})
+    options = DriverOptions(
+        lease_ttl=lease_ttl, heartbeat=max(0.5, min(5.0, lease_ttl / 4)), search_path=(os.getcwd(),)
+    )
+    wanted = [x.strip() for x in layers.split(",") if x.strip()] if layers else None
+    table = SweepDriver(config, sweep_yaml=text, options=options).sensitivity(levels, layers=wanted)
+    if as_json:
+        _echo_json({layer: [{"sparsity": s, "accuracy": a, "accuracy_drop": d} for s, a, d in points]
+                    for layer, points in table.items()})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table("layer", *[f"{s:g}" for s in levels], title=f"accuracy drop with one layer pruned ({config.study})")
+    for layer, points in table.items():
+        out.add_row(layer, *[f"{d:+.4f}" for _, _, d in points])
+    Console().print(out)
+
+
+@app.command()
 def resume(
     study: StudyArg,
     storage: StorageOpt = None,
@@ -243,16 +295,23 @@ def best(
         Optional[float],
         typer.Option("--max-drop", min=0.0, help="Accuracy drop allowed. Default: the study's constraint."),
     ] = None,
+    pareto: Annotated[
+        bool,
+        typer.Option("--pareto", help="List the size/accuracy Pareto front (within --max-drop) instead."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List the smallest artifacts within the accuracy-drop limit, best first."""
-    from crest.storage import max_drop_of
+    from crest.storage import max_drop_of, pareto_front
 
     store = _open_store(_storage(storage))
     try:
         info = store.require_study(study)
         limit = max_drop_of(info) if max_drop is None else max_drop
-        trials = store.best(info.id, max_drop=limit, top=top)
+        if pareto:
+            trials = pareto_front(store, info, max_drop=limit)[:top]
+        else:
+            trials = store.best(info.id, max_drop=limit, top=top)
     finally:
         store.close()
     if as_json:

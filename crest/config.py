@@ -160,14 +160,34 @@ class PruneLayer(_ParamHolder):
     """Per-layer pruning: give ``quality`` (threshold = quality x std) or ``sparsity``."""
 
     quality: FloatParam | None = None
-    sparsity: FloatParam | None = None
+    sparsity: Union[FloatParam, Literal["sensitivity"], None] = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> PruneLayer:
         if (self.quality is None) == (self.sparsity is None):
             raise ValueError("give exactly one of 'quality' or 'sparsity'")
         _check_bounds(self.quality, "quality", 0.0, 100.0)
-        _check_bounds(self.sparsity, "sparsity", 0.0, 1.0, high_open=True)
+        if self.sparsity != "sensitivity":
+            _check_bounds(self.sparsity, "sparsity", 0.0, 1.0, high_open=True)
+        return self
+
+
+class SensitivityBounds(_Strict):
+    """How ``sparsity: sensitivity`` turns a layer's sensitivity table into a search range.
+
+    The range runs from the highest measured sparsity whose prune-only accuracy drop is at
+    most ``low_drop`` to the highest whose drop is at most ``high_drop`` (retraining
+    recovers much of a prune-only drop, so the upper end may lose more than the sweep's
+    constraint allows).
+    """
+
+    low_drop: float = Field(default=0.005, ge=0.0)
+    high_drop: float = Field(default=0.05, ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SensitivityBounds:
+        if self.low_drop > self.high_drop:
+            raise ValueError(f"low_drop ({self.low_drop}) must not exceed high_drop ({self.high_drop})")
         return self
 
 
@@ -247,6 +267,7 @@ class PruneStage(_Strict):
 
     type: Literal["prune"]
     layers: dict[str, PruneLayer] = Field(min_length=1)
+    sensitivity: SensitivityBounds = SensitivityBounds()
 
 
 class RetrainStage(_ParamHolder):

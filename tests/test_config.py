@@ -120,3 +120,14 @@ def test_search_identity_ignores_run_knobs() -> None:
     assert a.search_identity() == b.search_identity()
     c = parse_sweep(yaml.safe_load(yaml.safe_dump(_bad(seed=3))))
     assert a.search_identity() != c.search_identity()
+
+
+def test_sparsity_from_sensitivity_parses_and_its_bounds_are_checked() -> None:
+    stages = [{"type": "prune", "layers": {"*": {"sparsity": "sensitivity"}}}]
+    config = parse_sweep(_bad(stages=stages))
+    assert config.stages[0].layers["*"].sparsity == "sensitivity"
+    assert config.stages[0].sensitivity.high_drop == 0.05
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.sensitivity: low_drop"):
+        parse_sweep(_bad(stages=[{**stages[0], "sensitivity": {"low_drop": 0.2, "high_drop": 0.1}}]))
+    with pytest.raises(ConfigError, match="sparsity"):
+        parse_sweep(_bad(stages=[{"type": "prune", "layers": {"*": {"sparsity": "sensitive"}}}]))

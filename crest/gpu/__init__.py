@@ -16,6 +16,11 @@ DLPack) and ``device="auto"`` run the CUDA kernels of ``kernels.cu``;
 modules :class:`CompressedLinear` and :class:`CompressedConv2d` and :func:`load_model`
 are imported on first use (they need torch).
 
+For transport (Deep Compression's Huffman stage), :func:`to_transport` re-codes the gap
+and code streams with canonical Huffman codes and deflates the header;
+:func:`from_transport` rebuilds the exact file (same SHA-256); :func:`transport_size`
+(also ``inspect(blob)["transport_bytes"]``) is its length.
+
 Example:
     >>> import numpy as np
     >>> from crest.gpu import encode, decode
@@ -41,12 +46,19 @@ from crest.gpu._codec import (
 )
 from crest.gpu._container import MAGIC
 from crest.gpu._cuda import DeviceTensor
+from crest.gpu._huffman import (
+    TRANSPORT_MAGIC,
+    from_transport,
+    to_transport,
+    transport_size,
+)
 
 __all__ = [
     "DEVICES",
     "DTYPES",
     "FORMAT_VERSION",
     "MAGIC",
+    "TRANSPORT_MAGIC",
     "CompressedConv2d",
     "CompressedLinear",
     "DeviceTensor",
@@ -55,6 +67,7 @@ __all__ = [
     "GpuUnavailableError",
     "decode",
     "encode",
+    "from_transport",
     "gpu_unavailable_reason",
     "inspect",
     "load_model",
@@ -62,6 +75,8 @@ __all__ = [
     "sha256",
     "sparse_matmul",
     "to_device",
+    "to_transport",
+    "transport_size",
 ]
 
 _TORCH_NAMES = frozenset({"CompressedLinear", "CompressedConv2d", "load_model"})

@@ -650,9 +650,11 @@ def inspect(blob: bytes | bytearray | memoryview) -> dict[str, Any]:
 
     Returns:
         The header (``format``, ``version``, ``metadata``, ``tensors``) plus ``sha256``
-        (the artifact id), ``file_bytes``, ``dense_bytes`` and ``stored_bytes`` (sums);
-        each tensor entry gets ``n_chunks``, ``dense_bytes`` (decoded size) and
-        ``stored_bytes`` (sum of its section lengths).
+        (the artifact id), ``file_bytes``, ``dense_bytes`` and ``stored_bytes`` (sums)
+        and ``transport_bytes`` (the exact length of ``to_transport(blob)``, the
+        Huffman-coded transport form, computed from symbol histograms); each tensor
+        entry gets ``n_chunks``, ``dense_bytes`` (decoded size) and ``stored_bytes``
+        (sum of its section lengths).
 
     Raises:
         FormatError: the file is malformed, truncated or fails a checksum.
@@ -668,4 +670,7 @@ def inspect(blob: bytes | bytearray | memoryview) -> dict[str, Any]:
     header["file_bytes"] = len(data)
     header["dense_bytes"] = sum(t.nbytes for t in tensors)
     header["stored_bytes"] = sum(e["stored_bytes"] for e in header["tensors"])
+    from crest.gpu import _huffman  # imports this module
+
+    header["transport_bytes"] = _huffman.transport_size_parsed(data, tensors)
     return header

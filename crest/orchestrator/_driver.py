@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,14 @@ from crest.orchestrator._space import (
 )
 from crest.orchestrator._pool import WorkerPool
 from crest.storage import Store, StudyInfo, lease_owner_id
-from crest.tasks import TrialOutcome, TrialPlan, dense_fp32_bytes, get_workload, resolve_plan
+from crest.tasks import (
+    TrialOutcome,
+    TrialPlan,
+    dense_fp32_bytes,
+    get_workload,
+    prunable_layers,
+    resolve_plan,
+)
 
 __all__ = ["SweepDriver", "Progress", "SweepSummary", "DriverOptions"]
 
@@ -101,6 +109,18 @@ class _InFlight:
     started: float
 
 
+@dataclass
+class _Session:
+    store: Store
+    info: StudyInfo
+    plan: TrialPlan
+    pool: WorkerPool
+    beat: _Heartbeat
+    artifacts: list[bytes]
+    t0: float
+    prunable: list[str]
+
+
 class _Heartbeat(threading.Thread):
     def __init__(self, store: Store, study_id: int, owner: str, every: float) -> None:
         super().__init__(name="crest-heartbeat", daemon=True)
@@ -153,13 +173,55 @@ class SweepDriver:
 
     def run(self) -> SweepSummary:
         """Launch or resume the study and run it to ``n_trials`` complete trials."""
+        with self._session(for_sensitivity=False) as session:
+            return self._sweep(session)
+
+    def sensitivity(
+        self, sparsities: Sequence[float], *, layers: Sequence[str] | None = None
+    ) -> dict[str, list[tuple[float, float, float]]]:
+        """Measure each layer's prune-only sensitivity on the worker pool and store it.
+
+        Args:
+            sparsities: fractions of zeros to try, each in [0, 1).
+            layers: parameter names; default every weight of 2 or more dimensions.
+
+        Returns:
+            layer -> [(sparsity, accuracy, accuracy drop vs the baseline)].
+        """
+        with self._session(for_sensitivity=True) as session:
+            return self._measure(session, list(sparsities), layers)
+
+    def _stored_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
+        """The study's sensitivity table, read without creating anything; {} when none."""
+        try:
+            store = Store(self.config.storage, create=False)  # type: ignore[arg-type]
+        except StorageError:
+            return {}
+        try:
+            info = store.get_study(self.config.study)
+            if info is None:
+                return {}
+            return {
+                layer: [(sparsity, drop) for sparsity, _, drop in points]
+                for layer, points in store.sensitivity(info.id).items()
+            }
+        finally:
+            store.close()
+
+    @contextmanager
+    def _session(self, *, for_sensitivity: bool) -> Iterator[_Session]:
+        """Everything a run needs, set up in order and torn down in reverse: the workload and
+        plan (checked before anything is written), the study and its lease, Ray, the decoder
+        check of every node, the baseline, and a pool of workers on the nodes that passed."""
         cfg = self.config
         workload = get_workload(cfg.workload, search_path=list(self.options.search_path))
         model = workload.build_model()
+        named = list(model.named_parameters())
         plan = resolve_plan(
             cfg.stages,
-            [n for n, _ in model.named_parameters()],
-            shapes={n: tuple(p.shape) for n, p in model.named_parameters()},
+            [n for n, _ in named],
+            shapes={n: tuple(p.shape) for n, p in named},
+            sensitivity=None if for_sensitivity else self._stored_sensitivity(),
         )
         dense_bytes = dense_fp32_bytes(model)
         store = Store(cfg.storage, create=True)  # type: ignore[arg-type]
@@ -170,10 +232,15 @@ class SweepDriver:
             beat.start()
             started_ray = False
             try:
-                started_ray = connect(
-                    cfg.ray.address, cpus_needed=cfg.workers * cfg.ray.cpus_per_worker
-                )
-                return self._run_leased(store, info, plan, dense_bytes, beat)
+                started_ray = connect(cfg.ray.address, cpus_needed=cfg.workers * cfg.ray.cpus_per_worker)
+                t0 = time.monotonic()
+                pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
+                try:
+                    artifacts = self._start_pool(store, info, pool, dense_bytes)
+                    info = store.require_study(cfg.study)
+                    yield _Session(store, info, plan, pool, beat, artifacts, t0, prunable_layers(model))
+                finally:
+                    pool.kill_all()
             finally:
                 beat.stop.set()
                 beat.join(timeout=5)
@@ -181,6 +248,44 @@ class SweepDriver:
                 store.release_lease(info.id, self.owner)
         finally:
             store.close()
+
+    def _start_pool(self, store: Store, info: StudyInfo, pool: WorkerPool, dense_bytes: int) -> list[bytes]:
+        """Check every node's decoder, train the baseline if the study has none, start workers."""
+        import ray
+
+        cfg = self.config
+        artifacts = self._check_artifacts(store, info)
+        self._emit(Progress(info.name, info.n_trials, message="checking the decoder on every node"))
+        pool.scan_nodes(artifacts)
+        pool.wait_for_checks()
+        if not pool.passed_nodes():
+            reasons = "; ".join(
+                f"{c['host']}: {c['reason']}" for c in store.node_checks(info.id) if not c["passed"]
+            )
+            raise SweepError(f"no node passed the decoder check ({reasons or 'no alive node'})")
+        trainer = None
+        if info.baseline_sha256 is None:
+            self._emit(Progress(info.name, info.n_trials, message="training the baseline"))
+            room = pool.placement(1)
+            if not room:
+                raise SweepError(
+                    "no node that passed the decoder check has room for a worker "
+                    f"(cpus_per_worker={cfg.ray.cpus_per_worker}, gpus_per_worker={cfg.ray.gpus_per_worker})"
+                )
+            trainer = pool.new_actor(room[0])
+            try:
+                blob, accuracy = ray.get(trainer.train_baseline.remote(cfg.seed))
+            except ray.exceptions.RayError as e:
+                raise SweepError(f"the baseline could not be trained: {_short_error(e)}") from e
+            store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)
+            info = store.require_study(cfg.study)
+            artifacts = self._check_artifacts(store, info)
+        baseline_blob = store.get_artifact(info.baseline_sha256)  # type: ignore[arg-type]
+        pool.baseline = (ray.put(baseline_blob), float(info.baseline_accuracy))  # type: ignore[arg-type]
+        if trainer is not None:  # the worker that trained the baseline stays a worker
+            pool.starting[trainer.load_baseline.remote(*pool.baseline)] = trainer
+        pool.fill()
+        return artifacts
 
     def _open_study(self, store: Store) -> StudyInfo:
         cfg = self.config
@@ -211,13 +316,9 @@ class SweepDriver:
 
     # the loop ---------------------------------------------------------------------------
 
-    def _run_leased(
-        self, store: Store, info: StudyInfo, plan: TrialPlan, dense_bytes: int, beat: _Heartbeat
-    ) -> SweepSummary:
-        import ray
-
+    def _sweep(self, session: _Session) -> SweepSummary:
         cfg = self.config
-        t0 = time.monotonic()
+        store, info = session.store, session.info
         optuna_storage = store.optuna_storage()
         existing = _existing_trial_count(optuna_storage, cfg.study)
         study = optuna.create_study(
@@ -228,44 +329,73 @@ class SweepDriver:
             load_if_exists=True,
         )
         self._recover(store, study, info)
+        return self._loop(
+            store, study, info, session.plan, session.pool, session.beat, session.artifacts, session.t0
+        )
 
-        pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
-        artifacts = self._check_artifacts(store, info)
-        self._emit(self._progress(study, info, t0, 0, message="checking the decoder on every node"))
-        pool.scan_nodes(artifacts)
-        pool.wait_for_checks()
-        if not pool.passed_nodes():
-            reasons = "; ".join(
-                f"{c['host']}: {c['reason']}" for c in store.node_checks(info.id) if not c["passed"]
-            )
-            raise SweepError(f"no node passed the decoder check ({reasons or 'no alive node'})")
+    def _measure(
+        self, session: _Session, sparsities: list[float], layers: Sequence[str] | None
+    ) -> dict[str, list[tuple[float, float, float]]]:
+        import ray
 
-        try:
-            trainer = None
-            if info.baseline_sha256 is None:
-                self._emit(self._progress(study, info, t0, 0, message="training the baseline"))
-                room = pool.placement(1)
-                if not room:
-                    raise SweepError(
-                        "no node that passed the decoder check has room for a worker "
-                        f"(cpus_per_worker={cfg.ray.cpus_per_worker}, gpus_per_worker={cfg.ray.gpus_per_worker})"
-                    )
-                trainer = pool.new_actor(room[0])
+        store, info, pool = session.store, session.info, session.pool
+        wanted = list(layers) if layers is not None else list(session.prunable)
+        unknown = [name for name in wanted if name not in session.prunable]
+        if unknown:
+            raise ConfigError(f"--layers: '{unknown[0]}' is not a prunable weight of the model")
+        base = float(info.baseline_accuracy)  # type: ignore[arg-type]
+        pending = list(reversed(wanted))
+        attempts: dict[str, int] = {}
+        in_flight: dict[Any, tuple[str, Any]] = {}
+        table: dict[str, list[tuple[float, float, float]]] = {}
+        while pending or in_flight:
+            if session.beat.lost.is_set():
+                raise LeaseError(f"lost the lease on study '{info.name}'; stopping")
+            while pool.ready and pending:
+                layer = pending.pop()
+                actor = pool.ready.pop()
+                in_flight[actor.sensitivity.remote(layer, sparsities)] = (layer, actor)
+            waitable = list(in_flight) + list(pool.starting) + list(pool.checking)
+            if not waitable:
+                if pool.live_count() == 0:
+                    raise SweepError("no worker is left to measure sensitivity")
+                time.sleep(self.options.poll)
+                continue
+            done, _ = ray.wait(waitable, num_returns=1, timeout=self.options.poll)
+            for ref in done:
+                if ref in pool.checking:
+                    pool.handle_check(ref)
+                    pool.fill()
+                    continue
+                if ref in pool.starting:
+                    error = pool.handle_started(ref)
+                    if error is not None:
+                        raise SweepError(f"a worker failed to start: {_short_error(error)}") from error
+                    continue
+                layer, actor = in_flight.pop(ref)
                 try:
-                    blob, accuracy = ray.get(trainer.train_baseline.remote(cfg.seed))
-                except ray.exceptions.RayError as e:
-                    raise SweepError(f"the baseline could not be trained: {_short_error(e)}") from e
-                store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)
-                info = store.require_study(cfg.study)
-                artifacts = self._check_artifacts(store, info)
-            baseline_blob = store.get_artifact(info.baseline_sha256)  # type: ignore[arg-type]
-            pool.baseline = (ray.put(baseline_blob), float(info.baseline_accuracy))  # type: ignore[arg-type]
-            if trainer is not None:  # the worker that trained the baseline stays a worker
-                pool.starting[trainer.load_baseline.remote(*pool.baseline)] = trainer
-            pool.fill()
-            return self._loop(store, study, info, plan, pool, beat, artifacts, t0)
-        finally:
-            pool.kill_all()
+                    scores = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    attempts[layer] = attempts.get(layer, 0) + 1
+                    if attempts[layer] > self.config.max_retries:
+                        raise SweepError(f"sensitivity of {layer}: the worker died ({_short_error(e)})") from e
+                    pool.forget(actor)
+                    pool.fill()
+                    pending.append(layer)
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    raise SweepError(f"sensitivity of {layer} failed: {_short_error(e)}") from e
+                points = [(float(sp), float(acc), base - float(acc)) for sp, acc in zip(sparsities, scores, strict=True)]
+                store.record_sensitivity(info.id, layer, points)
+                table[layer] = points
+                pool.ready.append(actor)
+                self._emit(
+                    Progress(
+                        info.name, info.n_trials, elapsed=time.monotonic() - session.t0,
+                        message=f"sensitivity: {len(table)}/{len(wanted)} layers measured",
+                    )
+                )
+        return {layer: table[layer] for layer in wanted}
 
     def _check_artifacts(self, store: Store, info: StudyInfo) -> list[bytes]:
         """Real artifacts of the study for the decoder check: the baseline and the best trial."""

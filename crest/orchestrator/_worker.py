@@ -6,7 +6,14 @@ import os
 import socket
 from typing import Any
 
-from crest.tasks import TrialOutcome, TrialPlan, TrialRunner, get_workload, train_baseline
+from crest.tasks import (
+    TrialOutcome,
+    TrialPlan,
+    TrialRunner,
+    get_workload,
+    layer_sensitivity,
+    train_baseline,
+)
 
 __all__ = ["TrialWorker"]
 
@@ -49,6 +56,12 @@ class TrialWorker:
         """Decode the baseline once; returns :meth:`node`."""
         self.runner = TrialRunner(self.workload, self.plan, blob, accuracy)
         return self.node()
+
+    def sensitivity(self, layer: str, sparsities: list[float]) -> list[float]:
+        """Scores with only ``layer`` pruned to each sparsity (see :func:`crest.tasks.layer_sensitivity`)."""
+        if self.runner is None:
+            raise RuntimeError("load_baseline must be called before sensitivity")
+        return layer_sensitivity(self.workload, self.runner.baseline, layer, sparsities)
 
     def run(self, params: dict[str, Any], seed: int, metadata: dict[str, Any]) -> TrialOutcome:
         """Run one trial (see :meth:`crest.tasks.TrialRunner.run`)."""

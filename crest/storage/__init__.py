@@ -7,7 +7,7 @@ database is created at the newest revision.
 from __future__ import annotations
 
 from crest.storage._engine import default_storage, parse_url
-from crest.storage._queries import max_drop_of, study_status, trial_state_counts
+from crest.storage._queries import max_drop_of, pareto_front, study_status, trial_state_counts
 from crest.storage._store import Store, StudyInfo, TrialRecord, lease_owner_id
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "study_status",
     "trial_state_counts",
     "max_drop_of",
+    "pareto_front",
 ]

@@ -17,7 +17,7 @@ from crest.exceptions import StorageError
 
 __all__ = ["make_engine", "session_scope", "upgrade_schema", "schema_revision", "HEAD_REVISION", "parse_url"]
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 _ALEMBIC_DIR = Path(__file__).with_name("_alembic")
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "StudyRow", "TrialRow", "ArtifactRow", "NodeCheckRow"]
+__all__ = ["Base", "StudyRow", "TrialRow", "ArtifactRow", "NodeCheckRow", "SensitivityRow"]
 
 
 class Base(DeclarativeBase):
@@ -84,6 +84,7 @@ class TrialRow(Base):
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    transport_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class NodeCheckRow(Base):
@@ -103,3 +104,18 @@ class NodeCheckRow(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     seconds: Mapped[float] = mapped_column(Float)
     checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SensitivityRow(Base):
+    """One point of a layer's sensitivity: the score with only that layer pruned."""
+
+    __tablename__ = "crest_sensitivity"
+    __table_args__ = (UniqueConstraint("study_id", "layer", "sparsity", name="uq_crest_sensitivity_point"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("crest_studies.id", ondelete="CASCADE"))
+    layer: Mapped[str] = mapped_column(String(500))
+    sparsity: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+    accuracy_drop: Mapped[float] = mapped_column(Float)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

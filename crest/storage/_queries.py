@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from crest.storage._store import Store, StudyInfo
+from crest.storage._store import Store, StudyInfo, TrialRecord
 
-__all__ = ["study_status", "trial_state_counts", "max_drop_of"]
+__all__ = ["study_status", "trial_state_counts", "max_drop_of", "pareto_front"]
 
 
 def trial_state_counts(store: Store, study_name: str) -> dict[str, int]:
@@ -50,3 +50,16 @@ def study_status(store: Store, info: StudyInfo, *, lease_ttl: float) -> dict[str
         "driver_owner": info.lease_owner if alive else None,
         "created_at": info.created_at.isoformat(),
     }
+
+
+def pareto_front(store: Store, info: StudyInfo, *, max_drop: float) -> list[TrialRecord]:
+    """Complete trials within ``max_drop`` that no other such trial beats on both size and
+    accuracy (smaller-or-equal size and higher-or-equal accuracy, one strictly), smallest first."""
+    candidates = store.best(info.id, max_drop=max_drop)  # size ascending, then accuracy descending
+    front: list[TrialRecord] = []
+    best_accuracy = float("-inf")
+    for t in candidates:
+        if t.accuracy is not None and t.accuracy > best_accuracy:
+            front.append(t)
+            best_accuracy = t.accuracy
+    return front

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from crest.exceptions import FormatError, LeaseError, StorageError
@@ -23,7 +23,7 @@ from crest.storage._engine import (
     session_scope,
     upgrade_schema,
 )
-from crest.storage._models import ArtifactRow, NodeCheckRow, StudyRow, TrialRow
+from crest.storage._models import ArtifactRow, NodeCheckRow, SensitivityRow, StudyRow, TrialRow
 
 if TYPE_CHECKING:
     import optuna
@@ -108,6 +108,7 @@ class TrialRecord:
     artifact_sha256: str | None
     error: str | None
     finished_at: datetime
+    transport_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (the keys of ``crest best --json``)."""
@@ -117,6 +118,7 @@ class TrialRecord:
             "accuracy": self.accuracy,
             "accuracy_drop": self.accuracy_drop,
             "size_bytes": self.size_bytes,
+            "transport_bytes": self.transport_bytes,
             "ratio": self.ratio,
             "params": self.params,
             "artifact_sha256": self.artifact_sha256,
@@ -163,6 +165,7 @@ def _trial_record(row: TrialRow) -> TrialRecord:
         artifact_sha256=row.artifact_sha256,
         error=row.error,
         finished_at=_aware(row.finished_at),  # type: ignore[arg-type]
+        transport_bytes=row.transport_bytes,
     )
 
 
@@ -388,6 +391,7 @@ class Store:
         wall_seconds: float | None = None,
         node: str | None = None,
         error: str | None = None,
+        transport_bytes: int | None = None,
     ) -> TrialRecord:
         """Record a finished trial and its artifact in one transaction."""
         with self.session() as s:
@@ -410,6 +414,7 @@ class Store:
                 artifact_sha256=sha,
                 error=error,
                 finished_at=_utcnow(),
+                transport_bytes=transport_bytes,
             )
             s.add(row)
             s.flush()
@@ -482,6 +487,30 @@ class Store:
                 last[c["node_id"]] = c
             checks = list(last.values())
         return checks
+
+    def record_sensitivity(
+        self, study_id: int, layer: str, points: list[tuple[float, float, float]]
+    ) -> None:
+        """Replace a layer's sensitivity table with ``points`` of (sparsity, accuracy, drop)."""
+        with self.session() as s:
+            s.execute(delete(SensitivityRow).where(SensitivityRow.study_id == study_id, SensitivityRow.layer == layer))
+            now = _utcnow()
+            for sparsity, accuracy, drop in points:
+                s.add(SensitivityRow(study_id=study_id, layer=layer, sparsity=sparsity, accuracy=accuracy,
+                                     accuracy_drop=drop, measured_at=now))
+
+    def sensitivity(self, study_id: int) -> dict[str, list[tuple[float, float, float]]]:
+        """Each layer's (sparsity, accuracy, drop) points, sparsity ascending."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(SensitivityRow)
+                .where(SensitivityRow.study_id == study_id)
+                .order_by(SensitivityRow.id)
+            ).all()
+            table: dict[str, list[tuple[float, float, float]]] = {}
+            for r in rows:
+                table.setdefault(r.layer, []).append((r.sparsity, r.accuracy, r.accuracy_drop))
+        return {layer: sorted(points) for layer, points in table.items()}
 
     def best(self, study_id: int, *, max_drop: float, top: int | None = None) -> list[TrialRecord]:
         """Complete trials within ``max_drop``, smallest artifact first (then most accurate)."""

@@ -26,9 +26,10 @@ from crest.tasks._pipeline import (
     state_to_numpy,
     train_baseline,
 )
-from crest.tasks._plan import ParamSpec, StagePlan, TrialPlan, resolve_plan
+from crest.tasks._plan import ParamSpec, StagePlan, TrialPlan, resolve_plan, sensitivity_range
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights, kmeans_1d, share_weights
+from crest.tasks._sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, prunable_layers
 from crest.tasks._train import distill_loss, evaluate, train
 from crest.tasks._workload import (
     Workload,
@@ -38,6 +39,10 @@ from crest.tasks._workload import (
 )
 
 __all__ = [
+    "DEFAULT_SPARSITIES",
+    "layer_sensitivity",
+    "prunable_layers",
+    "sensitivity_range",
     "Workload",
     "get_workload",
     "builtin_workloads",

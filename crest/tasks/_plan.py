@@ -26,7 +26,7 @@ from crest.config import (
 from crest.exceptions import ConfigError
 from crest.tasks._lowrank import factorised_param_names
 
-__all__ = ["ParamSpec", "StagePlan", "TrialPlan", "resolve_plan"]
+__all__ = ["ParamSpec", "StagePlan", "TrialPlan", "resolve_plan", "sensitivity_range"]
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,51 @@ def _lowrank_layers(
     return mapped
 
 
+def sensitivity_range(
+    table: Sequence[tuple[float, float]], *, low_drop: float, high_drop: float
+) -> tuple[float, float]:
+    """A layer's sparsity search range from its (sparsity, prune-only drop) table.
+
+    Returns:
+        (low, high): the highest measured sparsity with drop <= ``low_drop`` (0 when
+        none) and the highest with drop <= ``high_drop`` (at least ``low``).
+    """
+    ordered = sorted(table)
+    low = max([s for s, d in ordered if d <= low_drop], default=0.0)
+    high = max([s for s, d in ordered if d <= high_drop], default=low)
+    return low, max(low, high)
+
+
+def _sensitivity_spec(
+    index: int,
+    pattern: str,
+    layer: str,
+    pname: str,
+    stage: PruneStage,
+    sensitivity: Mapping[str, Sequence[tuple[float, float]]] | None,
+) -> ParamSpec:
+    if sensitivity is None:  # resolving only to measure sensitivity: any range will do
+        return ParamSpec(pname, "float", low=0.0, high=0.99)
+    table = sensitivity.get(layer)
+    if not table:
+        raise ConfigError(
+            f"stages[{index}].layers.{pattern}.sparsity: 'sensitivity' needs the sensitivity of "
+            f"'{layer}'; run `crest sensitivity SWEEP_FILE` for this study first"
+        )
+    low, high = sensitivity_range(
+        table, low_drop=stage.sensitivity.low_drop, high_drop=stage.sensitivity.high_drop
+    )
+    if low == high:
+        return ParamSpec(pname, "float", fixed=low)
+    return ParamSpec(pname, "float", low=low, high=high)
+
+
 def resolve_plan(
     stages: Sequence[Stage],
     param_names: Sequence[str],
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    sensitivity: Mapping[str, Sequence[tuple[float, float]]] | None = None,
 ) -> TrialPlan:
     """Resolve the stages' layer globs against a model's parameter names.
 
@@ -154,6 +194,9 @@ def resolve_plan(
         param_names: the baseline model's parameter names, in model order.
         shapes: name -> shape of every parameter; needed only with a lowrank stage
             (to tell Linear from Conv2d factors).
+        sensitivity: layer -> [(sparsity, prune-only accuracy drop)], for layers whose
+            sparsity is ``sensitivity``; None resolves such layers to [0, 0.99] (used
+            while the sensitivity itself is measured).
 
     Raises:
         ConfigError: a pattern matches no parameter (or a lowrank pattern matches one
@@ -178,10 +221,13 @@ def resolve_plan(
             param_names = factorised_param_names(param_names, shapes or {}, list(layers))
             plans.append(StagePlan("lowrank", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, PruneStage):
-            for name, (_, cfg) in _map_layers(i, label, stage.layers, param_names).items():
+            for name, (pattern, cfg) in _map_layers(i, label, stage.layers, param_names).items():
                 rule = "quality" if cfg.quality is not None else "sparsity"
                 pname = f"{label}/{name}/{rule}"
-                params.append(_spec(pname, "float", getattr(cfg, rule)))
+                if cfg.sparsity == "sensitivity":
+                    params.append(_sensitivity_spec(i, pattern, name, pname, stage, sensitivity))
+                else:
+                    params.append(_spec(pname, "float", getattr(cfg, rule)))
                 layers[name] = (rule, pname)
             plans.append(StagePlan("prune", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, QuantizeStage):

@@ -181,3 +181,38 @@ def test_failing_trials_are_recorded_and_the_sweep_stops_after_max_failures(sqli
         assert trial_state_counts(store, "tiny")["RUNNING"] == 0
     finally:
         store.close()
+
+
+def test_sensitivity_table_bounds_a_later_sweep(sqlite_url: str) -> None:
+    stages = [
+        {"type": "prune", "layers": {"fc1.weight": {"sparsity": "sensitivity"}, "fc2.weight": {"quality": 0.5}},
+         "sensitivity": {"low_drop": 0.01, "high_drop": 0.1}},
+        {"type": "quantize", "layers": {"*.weight": {"bits": 4}}},
+    ]
+    # without a table, the sweep is refused before anything is written
+    with pytest.raises(ConfigError, match="crest sensitivity"):
+        _run(sqlite_url, stages=stages)
+    driver = SweepDriver(_config(sqlite_url, stages=stages), sweep_yaml="", options=OPTIONS)
+    table = driver.sensitivity([0.3, 0.9, 0.99])
+    assert set(table) == {"fc1.weight", "fc2.weight"}
+    for points in table.values():
+        assert [p[0] for p in points] == [0.3, 0.9, 0.99]
+        drops = [p[2] for p in points]
+        assert drops[-1] > drops[0], "pruning 99% of a layer hurts more than 30%"
+    store = Store(sqlite_url, create=False)
+    try:
+        stored = store.sensitivity(store.require_study("tiny").id)
+        assert stored == table
+    finally:
+        store.close()
+    summary, _ = _run(sqlite_url, stages=stages, n_trials=2)
+    assert summary.complete == 2
+    from crest.tasks import sensitivity_range
+
+    low, high = sensitivity_range([(s, d) for s, _, d in table["fc1.weight"]], low_drop=0.01, high_drop=0.1)
+    store = Store(sqlite_url, create=False)
+    try:
+        for t in store.trials(store.require_study("tiny").id, state="COMPLETE"):
+            assert low <= t.params["prune/fc1.weight/sparsity"] <= high
+    finally:
+        store.close()

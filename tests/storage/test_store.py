@@ -186,3 +186,29 @@ def test_a_database_of_every_earlier_revision_upgrades_and_keeps_its_data(tmp_pa
             assert store.node_checks(info.id)[0]["passed"] is True
         finally:
             store.close()
+
+
+def test_pareto_front_keeps_only_undominated_trials(sqlite_url: str) -> None:
+    from crest.storage import pareto_front
+
+    store = Store(sqlite_url, create=True)
+    try:
+        study = _study(store)
+        # (size via distinct blobs, accuracy, drop)
+        rows = [(0, 0.90, 0.00), (1, 0.80, 0.10), (2, 0.88, 0.02), (3, 0.70, 0.20), (4, 0.91, -0.01)]
+        blobs = sorted((_blob(s) for s in range(9, 14)), key=len)
+        for (number, acc, drop), blob in zip(rows, blobs, strict=True):
+            store.record_trial(study.id, optuna_trial_id=300 + number, number=number, state="COMPLETE", params={},
+                               attempt=1, blob=blob, accuracy=acc, accuracy_drop=drop, ratio=1.0)
+        info = store.require_study("s1")
+        front = pareto_front(store, info, max_drop=1.0)
+        sizes = [t.size_bytes for t in front]
+        accs = [t.accuracy for t in front]
+        assert sizes == sorted(sizes) and accs == sorted(accs) and len(set(accs)) == len(accs)
+        for t in store.best(info.id, max_drop=1.0):
+            dominated = any(f.size_bytes <= t.size_bytes and f.accuracy >= t.accuracy and f is not t
+                            and (f.size_bytes, f.accuracy) != (t.size_bytes, t.accuracy) for f in front)
+            assert (t.number in {f.number for f in front}) != dominated
+        assert all(t.accuracy_drop <= 0.05 for t in pareto_front(store, info, max_drop=0.05))
+    finally:
+        store.close()

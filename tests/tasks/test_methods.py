@@ -110,3 +110,25 @@ def test_masked_retraining_keeps_pruned_weights_zero_and_recovers_accuracy() -> 
         assert bool((params[name][mask] != 0).any())
     assert evaluate(model, wl) >= pruned
     assert evaluate(model, wl) > base - 0.1
+
+
+def test_sensitivity_range_reads_the_table() -> None:
+    from crest.tasks import sensitivity_range
+
+    table = [(0.5, 0.0), (0.8, 0.004), (0.9, 0.02), (0.95, 0.06), (0.99, 0.4)]
+    assert sensitivity_range(table, low_drop=0.005, high_drop=0.05) == (0.8, 0.9)
+    assert sensitivity_range(table, low_drop=0.0, high_drop=1.0) == (0.5, 0.99)
+    assert sensitivity_range([(0.5, 0.2)], low_drop=0.01, high_drop=0.05) == (0.0, 0.0)
+
+
+def test_layer_sensitivity_falls_with_sparsity() -> None:
+    from crest.tasks import layer_sensitivity, state_to_numpy
+
+    torch.set_num_threads(1)
+    wl = get_workload("tiny-digits")
+    torch.manual_seed(0)
+    model = wl.build_model()
+    train(model, wl, epochs=4, lr=wl.lr, seed=0)
+    scores = layer_sensitivity(wl, state_to_numpy(model), "fc1.weight", [0.0, 0.5, 0.99])
+    assert scores[0] == evaluate(model, wl)
+    assert scores[2] < scores[0]
