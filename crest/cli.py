@@ -248,8 +248,9 @@ def status(
     typer.echo(f"baseline   {'-' if base is None else f'{base:.4f}'}")
     best = st["best"]
     if best:
+        transport = f", {best['transport_bytes']:,} in transport" if best.get("transport_bytes") else ""
         typer.echo(
-            f"best       trial {best['trial']}: {best['ratio']:.1f}x, {best['size_bytes']:,} bytes, "
+            f"best       trial {best['trial']}: {best['ratio']:.1f}x, {best['size_bytes']:,} bytes{transport}, "
             f"accuracy {best['accuracy']:.4f} (drop {best['accuracy_drop']:+.4f})"
         )
     else:
@@ -407,6 +408,7 @@ def inspect_cmd(
         table.add_row(t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"], bits,
                       f"{t.get('stored_bytes', 0):,}")
     Console().print(table)
+    typer.echo(f"transport (Huffman) form: {manifest['transport_bytes']:,} bytes")
     typer.echo(f"sha256 {manifest['sha256']}")
 
 

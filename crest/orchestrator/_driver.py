@@ -556,6 +556,7 @@ class SweepDriver:
             layers=out.layers,
             wall_seconds=out.seconds,
             node=_node_label(node),
+            transport_bytes=out.transport_bytes,
         )
         _tell_complete(study, job.trial.number, job.trial._trial_id, self.config, out.size_bytes, out.accuracy, out.accuracy_drop, out.ratio)
 

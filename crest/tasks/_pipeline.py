@@ -58,6 +58,8 @@ class TrialOutcome:
 
     ``layers`` maps each tensor name to {"sparsity" (fraction of zeros), "bits" (code
     width, or None when not quantized), "encoding", "index_bits", "nonzeros"}.
+    ``transport_bytes`` is the size of the Huffman-coded transport form
+    (:func:`crest.gpu.to_transport`); ``size_bytes`` is the GPU-resident file.
     """
 
     blob: bytes
@@ -67,6 +69,7 @@ class TrialOutcome:
     ratio: float
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    transport_bytes: int | None = None
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
@@ -264,6 +267,7 @@ class TrialRunner:
             ratio=self.dense_bytes / size,
             layers=layers,
             seconds=time.perf_counter() - start,
+            transport_bytes=int(manifest["transport_bytes"]),
         )
 
     # ------------------------------------------------------------------ stages

@@ -50,6 +50,7 @@ def test_sweep_records_every_trial_and_its_decodable_artifact(storage_url: str) 
             blob = store.get_artifact(t.artifact_sha256)
             assert hashlib.sha256(blob).hexdigest() == t.artifact_sha256
             assert t.size_bytes == len(blob)
+            assert t.transport_bytes == gpu.transport_size(blob) == len(gpu.to_transport(blob))
             assert t.ratio == pytest.approx(4 * 2410 / len(blob))
             assert t.accuracy_drop == pytest.approx(info.baseline_accuracy - t.accuracy)
             # the recorded accuracy belongs to the stored bytes
