@@ -328,7 +328,8 @@ def _plan_stream(stream: np.ndarray, count: int, width: int, block: int) -> _Str
 
 
 def _huffman_record(plan: _StreamPlan, stream: np.ndarray, block: int) -> bytes:
-    assert plan.lengths is not None
+    if plan.lengths is None:
+        raise RuntimeError("internal error: a Huffman record needs code lengths")
     count, width = plan.count, plan.width
     lengths = plan.lengths.astype(np.int64)
     rev = _reverse(canonical_codes(plan.lengths), lengths)
@@ -513,7 +514,8 @@ class _Stream:
             lo = self.offset + start * self.width // 8
             hi = self.offset + ((start + n) * self.width + 7) // 8
             return _bits.unpack(data[lo:hi], self.width, n)
-        assert self.symbols is not None
+        if self.symbols is None:
+            raise RuntimeError("internal error: Huffman symbols were not decoded")
         return self.symbols[start : start + n]
 
 
@@ -602,7 +604,8 @@ def _decode_huffman(data: bytes, streams: list[_Stream], block: int) -> None:
     out_pos = 0
     for s, (_, _, top), tb in zip(streams, tables, table_base):
         bb = s.block_bits
-        assert bb is not None
+        if bb is None:
+            raise RuntimeError("internal error: a Huffman stream has no block index")
         n_blocks = bb.shape[0]
         first = s.offset * 8 + np.concatenate(([0], np.cumsum(bb)[:-1]))
         starts.append(first)

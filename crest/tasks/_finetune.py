@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crest.tasks._train import batches, distill_loss
+from crest.tasks._train import batch_loss, batches
 from crest.tasks._workload import Workload
 
 __all__ = ["finetune_centroids"]
@@ -82,13 +82,7 @@ def finetune_centroids(
     for _ in range(epochs):
         for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            xb = xb.to(device)
-            logits = model(xb)
-            loss = loss_fn(logits, yb.to(device))
-            if teacher is not None and distill_weight > 0:
-                with torch.no_grad():
-                    soft = teacher(xb)
-                loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, soft, temperature)
+            loss = batch_loss(model, loss_fn, xb.to(device), yb.to(device), teacher, distill_weight, temperature)
             loss.backward()
             for n, v in values.items():
                 grad = params[n].grad

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from crest.tasks._workload import Workload
 
-__all__ = ["train", "evaluate", "batches", "distill_loss"]
+__all__ = ["train", "evaluate", "batches", "batch_loss", "distill_loss"]
 
 
 def batches(
@@ -96,13 +96,7 @@ def train(
     for _ in range(epochs):
         for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            xb = xb.to(device)
-            logits = model(xb)
-            loss = loss_fn(logits, yb.to(device))
-            if teacher is not None and distill_weight > 0:
-                with torch.no_grad():
-                    soft = teacher(xb)
-                loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, soft, temperature)
+            loss = batch_loss(model, loss_fn, xb.to(device), yb.to(device), teacher, distill_weight, temperature)
             loss.backward()
             for name, m in held.items():
                 grad = params[name].grad
@@ -114,6 +108,28 @@ def train(
                     params[name].mul_(m)
     model.eval()
     return model
+
+
+def batch_loss(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    teacher: nn.Module | None,
+    distill_weight: float,
+    temperature: float,
+) -> torch.Tensor:
+    """One minibatch's loss: the task loss, mixed with distillation from ``teacher`` when given.
+
+    ``(1 - w) * loss + w * distill_loss(logits, teacher logits, T)`` for ``w = distill_weight``.
+    """
+    logits = model(xb)
+    loss = loss_fn(logits, yb)
+    if teacher is not None and distill_weight > 0:
+        with torch.no_grad():
+            soft = teacher(xb)
+        loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, soft, temperature)
+    return loss
 
 
 @torch.no_grad()
