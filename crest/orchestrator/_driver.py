@@ -523,15 +523,19 @@ class SweepDriver:
                         last_progress.eta = max(0.0, last_progress.eta - self.options.poll)
                     self._emit(last_progress)
         except BaseException:
-            # Ctrl-C, a lost lease, or a bug: leave the study resumable
-            for job in in_flight.values():
+            # Ctrl-C or a bug: leave the study resumable. A driver that lost its lease
+            # touches nothing: the study belongs to the driver that took it over.
+            if not beat.lost.is_set():
                 try:
-                    self._fail(
-                        store, study, info, job, pool.info.get(job.actor, {}),
-                        "interrupted: the driver stopped", retry=True, count_attempt=False,
-                    )
+                    for job in in_flight.values():
+                        self._fail(
+                            store, study, info, job, pool.info.get(job.actor, {}),
+                            "interrupted: the driver stopped", retry=True, count_attempt=False,
+                        )
+                    # a trial asked for but not yet dispatched, or recorded but not yet told
+                    self._recover(store, study, info)
                 except Exception:  # the database may be what failed; resume settles it
-                    break
+                    pass
             raise
         self._emit(self._progress(study, info, t0, 0, completed_this_run=completed_this_run, message="done"))
         return SweepSummary(cfg.study, complete, failed_run, ran, time.monotonic() - t0)
