@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from crest import gpu
+from crest.exceptions import StorageError
 from crest.storage import Store, trial_state_counts
 from crest.tasks import evaluate, get_workload, model_from_tensors
 
@@ -82,10 +83,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: l
 
 
 def _complete(db: Path, study: str) -> int:
-    if not db.exists():
+    if not db.exists() or not _has_tables(db):
         return 0
-    store = Store(f"sqlite:///{db}", create=False) if _has_tables(db) else None
-    if store is None:
+    try:
+        store = Store(f"sqlite:///{db}", create=False)
+    except StorageError:  # the launch is still creating the schema
         return 0
     try:
         info = store.get_study(study)
