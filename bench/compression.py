@@ -29,7 +29,6 @@ import platform
 import struct
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 import crest
 from crest import gpu
 from crest.config import parse_sweep
+from crest.orchestrator._space import CONSTRAINT_ATTR, sampler_for, suggest
 from crest.tasks import (
     TrialPlan,
     TrialRunner,
@@ -107,40 +107,6 @@ WIDE_SPACE: list[dict[str, Any]] = [
 ]
 
 
-def _suggest(trial: optuna.trial.Trial, plan: TrialPlan) -> dict[str, Any]:
-    params: dict[str, Any] = dict(plan.fixed_params())
-    for spec in plan.searched():
-        if spec.choices is not None:
-            params[spec.name] = trial.suggest_categorical(spec.name, list(spec.choices))
-        elif spec.kind == "int":
-            params[spec.name] = trial.suggest_int(
-                spec.name, int(spec.low or 0), int(spec.high or 0), step=int(spec.step or 1), log=spec.log
-            )
-        else:
-            params[spec.name] = trial.suggest_float(
-                spec.name, float(spec.low or 0), float(spec.high or 0), step=spec.step, log=spec.log
-            )
-    return params
-
-
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    value = trial.user_attrs.get("constraint")
-    return [float(value)] if value is not None else [1.0]
-
-
-def _sampler(kind: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            multivariate=True,
-            constraints_func=_constraints,
-            n_startup_trials=min(10, max(2, n_trials // 4)),
-        )
-
-
 def _overheads(blob: bytes) -> dict[str, Any]:
     """Where the bytes of a crest file go: payload vs the format's fixed overheads."""
     (header_len,) = struct.unpack_from("<Q", blob, 16)
@@ -172,17 +138,17 @@ def _overheads(blob: bytes) -> dict[str, Any]:
 def _sweep(
     runner: TrialRunner, plan: TrialPlan, kind: str, n_trials: int, seed: int, max_drop: float, target: float, log: Any
 ) -> dict[str, Any]:
-    study = optuna.create_study(direction="minimize", sampler=_sampler(kind, seed, n_trials))
+    study = optuna.create_study(direction="minimize", sampler=sampler_for(kind, seed=seed, n_trials=n_trials))
     best: dict[str, Any] | None = None
     first_hit: int | None = None
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for number in range(n_trials):
         trial = study.ask()
-        params = _suggest(trial, plan)
+        params = suggest(trial, plan)
         out = runner.run(params, seed=seed + number, metadata={"sampler": kind, "trial": number})
         feasible = out.accuracy_drop <= max_drop + 1e-12
-        trial.set_user_attr("constraint", out.accuracy_drop - max_drop)
+        trial.set_user_attr(CONSTRAINT_ATTR, [out.accuracy_drop - max_drop])
         study.tell(trial, float(out.size_bytes))
         history.append(
             {"trial": number, "ratio": round(out.ratio, 3), "accuracy": out.accuracy, "feasible": feasible,

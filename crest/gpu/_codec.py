@@ -15,6 +15,7 @@ correct; see docs/format.md for the byte layout.
 
 from __future__ import annotations
 
+import math
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -118,10 +119,7 @@ class EncodedTensor:
     @property
     def numel(self) -> int:
         """Number of elements (Python int)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -7,6 +7,7 @@ checked every entry, code and chunk base already.
 
 from __future__ import annotations
 
+import math
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,7 @@ class DeviceTensor:
     @property
     def numel(self) -> int:
         """Number of elements (Python int)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def n_chunks(self) -> int:

@@ -10,7 +10,7 @@ import optuna
 from crest.config import SweepConfig
 from crest.tasks import TrialPlan
 
-__all__ = ["make_sampler", "suggest", "directions", "CONSTRAINT_ATTR"]
+__all__ = ["make_sampler", "sampler_for", "suggest", "directions", "CONSTRAINT_ATTR"]
 
 CONSTRAINT_ATTR = "crest_constraint"
 
@@ -23,8 +23,16 @@ def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
 
 def make_sampler(config: SweepConfig, *, seed_offset: int) -> optuna.samplers.BaseSampler:
     """A seeded sampler; ``seed_offset`` (trials already in the study) keeps resumes reproducible."""
-    seed = config.seed + seed_offset
-    if config.sampler == "random":
+    return sampler_for(config.sampler, seed=config.seed + seed_offset, n_trials=config.n_trials)
+
+
+def sampler_for(kind: str, *, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    """crest's sampler settings: ``kind`` "tpe" or "random", seeded, for a study of ``n_trials``.
+
+    TPE reads each trial's feasibility from the ``CONSTRAINT_ATTR`` user attribute
+    (a one-element list: accuracy drop minus the allowed drop; <= 0 is feasible).
+    """
+    if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         # Optuna 5 deprecates constraints_func for Trial.set_constraint, which older
@@ -35,7 +43,7 @@ def make_sampler(config: SweepConfig, *, seed_offset: int) -> optuna.samplers.Ba
             seed=seed,
             multivariate=True,
             constraints_func=_constraints,
-            n_startup_trials=min(10, max(2, config.n_trials // 4)),
+            n_startup_trials=min(10, max(2, n_trials // 4)),
         )
 
 
