@@ -96,6 +96,18 @@ def _complete(db: Path, study: str) -> int:
         store.close()
 
 
+def _optuna_states(db: Path) -> dict[str, int]:
+    """Optuna's trial counts by state, read straight from its table ({} before it exists)."""
+    import sqlite3
+
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='trials'").fetchone():
+            return {}
+        return dict(conn.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
+
+
 def _has_tables(db: Path) -> bool:
     import sqlite3
 
@@ -175,7 +187,7 @@ def test_user_workload_from_the_working_directory(tmp_path: Path) -> None:
 
 
 def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    n = 10
+    n = 16  # enough that the sweep is still running after the refused second driver (several s)
     _write_sweep(tmp_path / "sweep.yaml", n_trials=n, stages=[
         {"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.2]}}},
         {"type": "retrain", "epochs": 150},  # about 2 s a trial: slow enough to kill mid-sweep
@@ -254,7 +266,10 @@ def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signal
     proc = subprocess.Popen([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: _complete(db, "tiny") >= 1, 180, "a complete trial")
+        # interrupt while a trial runs (a worker may still be starting when the first
+        # trial completes; with nothing in flight there would be nothing to re-queue)
+        _wait_for(lambda: _optuna_states(db).get("COMPLETE", 0) >= 1 and _optuna_states(db).get("RUNNING", 0) >= 1,
+                  180, "a complete trial and a running one")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -263,7 +278,9 @@ def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signal
     assert "crest resume tiny" in err
     status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
     assert status["running"] == 0 and status["driver"] == "stopped"
-    assert status["waiting"] >= 1, "the interrupted trials' parameters are queued again"
+    interrupted = status["failed"]
+    assert interrupted >= 1, "the trial that was running is recorded as interrupted"
+    assert status["waiting"] == interrupted, "each interrupted trial's parameters are queued again"
     out = crest("resume", "tiny", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
