@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crest.tasks._train import batch_loss, batches
+from crest.tasks._train import fit_epochs
 from crest.tasks._workload import Workload
 
 __all__ = ["finetune_centroids"]
@@ -72,34 +72,20 @@ def finetune_centroids(
     if epochs <= 0 or not values:
         write()
         return {n: np.concatenate([[0.0], v.detach().cpu().numpy()]).astype(np.float32) for n, v in values.items()}
+    def shared_gradients() -> None:
+        """Each shared value's gradient is the sum over the weights that use it."""
+        for n, v in values.items():
+            grad = params[n].grad
+            if grad is None:
+                continue
+            summed = torch.zeros(v.numel() + 1, device=device, dtype=grad.dtype)
+            summed.index_add_(0, labels[n], grad.reshape(-1))
+            v.grad = summed[1:]
+            params[n].grad = None
+
     opt = torch.optim.Adam([*values.values(), *others], lr=lr)
-    loss_fn = workload.loss or nn.functional.cross_entropy
-    gen = torch.Generator().manual_seed(seed)
-    if teacher is not None:
-        teacher.eval()
     write()
-    model.train()
-    for _ in range(epochs):
-        for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
-            opt.zero_grad(set_to_none=True)
-            loss = batch_loss(model, loss_fn, xb.to(device), yb.to(device), teacher, distill_weight, temperature)
-            loss.backward()
-            for n, v in values.items():
-                grad = params[n].grad
-                if grad is None:
-                    continue
-                summed = torch.zeros(v.numel() + 1, device=device, dtype=grad.dtype)
-                summed.index_add_(0, labels[n], grad.reshape(-1))
-                v.grad = summed[1:]
-                params[n].grad = None
-            for n, m in held.items():
-                grad = params[n].grad
-                if grad is not None:
-                    grad.mul_(m)
-            opt.step()
-            with torch.no_grad():
-                for n, m in held.items():
-                    params[n].mul_(m)
-            write()
-    model.eval()
+    fit_epochs(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
+               distill_weight=distill_weight, temperature=temperature,
+               after_backward=shared_gradients, after_step=write)
     return {n: np.concatenate([[0.0], v.detach().cpu().numpy()]).astype(np.float32) for n, v in values.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from crest.tasks._workload import Workload
 
-__all__ = ["train", "evaluate", "batches", "batch_loss", "distill_loss"]
+__all__ = ["train", "fit_epochs", "evaluate", "batches", "batch_loss", "distill_loss"]
 
 
 def batches(
@@ -81,23 +81,52 @@ def train(
     """
     if epochs <= 0:
         return model
-    loss_fn = workload.loss or nn.functional.cross_entropy
     params = dict(model.named_parameters())
     held = {name: m.to(params[name].device) for name, m in (masks or {}).items()}
     for name, m in held.items():
         with torch.no_grad():
             params[name].mul_(m)
-    if teacher is not None:
-        teacher.eval()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    fit_epochs(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
+               distill_weight=distill_weight, temperature=temperature)
+    return model
+
+
+def fit_epochs(
+    model: nn.Module,
+    workload: Workload,
+    opt: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    seed: int,
+    held: Mapping[str, torch.Tensor],
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
+    after_backward: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """The minibatch loop of :func:`train` and centroid fine-tuning, on the model's device.
+
+    Per minibatch: zero the gradients, :func:`batch_loss`, backward, ``after_backward()``,
+    zero the gradients of ``held`` entries (parameter name -> mask on its device), step,
+    zero the held entries again, ``after_step()``. ``seed`` seeds the shuffle; the model
+    is left in eval mode.
+    """
+    params = dict(model.named_parameters())
+    loss_fn = workload.loss or nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
+    if teacher is not None:
+        teacher.eval()
     model.train()
     for _ in range(epochs):
         for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
             loss = batch_loss(model, loss_fn, xb.to(device), yb.to(device), teacher, distill_weight, temperature)
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             for name, m in held.items():
                 grad = params[name].grad
                 if grad is not None:
@@ -106,8 +135,9 @@ def train(
             with torch.no_grad():
                 for name, m in held.items():
                     params[name].mul_(m)
+            if after_step is not None:
+                after_step()
     model.eval()
-    return model
 
 
 def batch_loss(
