@@ -293,7 +293,7 @@ def search_experiment(args: argparse.Namespace, machine: dict[str, Any]) -> dict
     samplers = [s for s in args.search_samplers.split(",") if s]
     seeds = [int(s) for s in args.search_seeds.split(",") if s]
     target = PAPER[name]["target"]
-    previous = _previous_runs(args, base_acc) if args.search_append else []
+    previous, previous_seconds = _previous_runs(args, base_acc) if args.search_append else ([], 0.0)
     done = {(r["sampler"], r["seed"]) for r in previous}
     if any((kind, seed) in done for seed in seeds for kind in samplers):
         raise SystemExit("--search-append: a (sampler, seed) pair is already in the report; pick new seeds")
@@ -378,12 +378,12 @@ def search_experiment(args: argparse.Namespace, machine: dict[str, Any]) -> dict
             "shown when the conservative ratio is at most 1/3",
         }
         report["goal_tpe_at_most_one_third_of_random"] = bool(conservative <= 1 / 3)
-    report["seconds"] = round(time.perf_counter() - started, 1) + float(args.previous_seconds or 0.0)
+    report["seconds"] = round(time.perf_counter() - started + previous_seconds, 1)
     return report
 
 
-def _previous_runs(args: argparse.Namespace, base_acc: float) -> list[dict[str, Any]]:
-    """The runs of an earlier report at --search-out, checked to be the same experiment."""
+def _previous_runs(args: argparse.Namespace, base_acc: float) -> tuple[list[dict[str, Any]], float]:
+    """The runs of an earlier report at --search-out (checked to be the same experiment) and its seconds."""
     path = Path(args.search_out)
     if not path.exists():
         raise SystemExit(f"--search-append: {path} does not exist")
@@ -392,12 +392,12 @@ def _previous_runs(args: argparse.Namespace, base_acc: float) -> list[dict[str, 
             and old.get("trial_cap") == args.search_cap and old.get("max_accuracy_drop") == args.max_drop)
     if not same:
         raise SystemExit(f"--search-append: {path} is another experiment (space, baseline, cap or max drop differ)")
-    args.previous_seconds = old.get("seconds", 0.0)
-    return [
+    runs = [
         {"sampler": kind, "seed": int(seed), **run}
         for kind, block in old["results"].items()
         for seed, run in block["seeds"].items()
     ]
+    return runs, float(old.get("seconds", 0.0))
 
 
 def random_pool_estimate(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -497,7 +497,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="add runs (new seeds) to the report at --search-out instead of replacing it; "
                     "the space, cap, max drop and baseline must match")
     args = ap.parse_args(argv)
-    args.previous_seconds = 0.0
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     RESULTS.mkdir(parents=True, exist_ok=True)

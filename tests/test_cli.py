@@ -96,16 +96,18 @@ def _complete(db: Path, study: str) -> int:
         store.close()
 
 
-def _optuna_states(db: Path) -> dict[str, int]:
-    """Optuna's trial counts by state, read straight from its table ({} before it exists)."""
+def _complete_and_running(db: Path) -> bool:
+    """Whether Optuna holds a COMPLETE and a RUNNING trial (read straight from its table)."""
     import sqlite3
+    from contextlib import closing
 
     if not db.exists():
-        return {}
-    with sqlite3.connect(db) as conn:
+        return False
+    with closing(sqlite3.connect(db)) as conn:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='trials'").fetchone():
-            return {}
-        return dict(conn.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
+            return False
+        states = dict(conn.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
+    return states.get("COMPLETE", 0) >= 1 and states.get("RUNNING", 0) >= 1
 
 
 def _has_tables(db: Path) -> bool:
@@ -268,8 +270,7 @@ def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signal
     try:
         # interrupt while a trial runs (a worker may still be starting when the first
         # trial completes; with nothing in flight there would be nothing to re-queue)
-        _wait_for(lambda: _optuna_states(db).get("COMPLETE", 0) >= 1 and _optuna_states(db).get("RUNNING", 0) >= 1,
-                  180, "a complete trial and a running one")
+        _wait_for(lambda: _complete_and_running(db), 180, "a complete trial and a running one")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
