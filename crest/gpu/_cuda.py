@@ -7,8 +7,9 @@ checked every entry, code and chunk base already.
 
 from __future__ import annotations
 
-import math
 import importlib
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,20 @@ from crest.gpu._codec import EncodedTensor
 
 __all__ = [
     "INSTALL_HINT",
-    "KERNEL_SOURCE",
     "KERNEL_NAMES",
+    "KERNEL_SOURCE",
+    "NVRTC_OPTIONS",
     "DeviceTensor",
+    "Launch",
+    "codebook_bits",
     "cupy_module",
-    "unavailable_reason",
-    "to_device",
     "decode_device",
+    "decode_launches",
     "matmul_device",
+    "spmv_launch",
+    "stored_form",
+    "to_device",
+    "unavailable_reason",
 ]
 
 INSTALL_HINT = "CuPy is not installed (pip install 'crest-sweep[gpu]')"
@@ -41,6 +48,7 @@ KERNEL_NAMES = (
     "crest_fill_regions",
     "crest_spmv_f32",
 )
+NVRTC_OPTIONS = ("--std=c++17",)  # what cupy.RawModule hands NVRTC besides its own options
 _SCRATCH = 256  # bytes of block-scan scratch before the staging area (CREST_SCRATCH_BYTES)
 _FILL_THREADS = 256
 
@@ -92,7 +100,7 @@ def _kernels(cp: Any) -> _Kernels:
     cached = _KERNELS.get(dev.id)
     if cached is not None:
         return cached
-    module = cp.RawModule(code=KERNEL_SOURCE.read_text(), options=("--std=c++17",))
+    module = cp.RawModule(code=KERNEL_SOURCE.read_text(), options=NVRTC_OPTIONS)
     functions = {name: module.get_function(name) for name in KERNEL_NAMES}
     optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
     stage_cap = max(0, min(_xp.STAGE_CAP_BYTES, optin - _SCRATCH) // 16 * 16)
@@ -156,8 +164,45 @@ def _native(a: np.ndarray, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(a).astype(np.dtype(dtype).newbyteorder("="), copy=False)
 
 
-def _words(cp: Any, stream: np.ndarray) -> Any:
-    return cp.asarray(_native(np.ascontiguousarray(stream).view("<u4"), np.uint32))
+def _words(stream: np.ndarray) -> np.ndarray:
+    return _native(np.ascontiguousarray(stream).view("<u4"), np.uint32)
+
+
+def stored_form(t: EncodedTensor, asarray: Callable[[np.ndarray], Any]) -> DeviceTensor:
+    """A parsed tensor's stored form as a :class:`DeviceTensor` of arrays made by ``asarray``.
+
+    Args:
+        t: a tensor from :func:`crest.gpu.parse` (already validated).
+        asarray: copies a host array to where the kernels run: ``cupy.asarray`` on a GPU
+            (:func:`to_device`); ``numpy.array`` for the CPU emulator in the tests.
+
+    Returns:
+        The :class:`DeviceTensor` (compressed; nothing is decoded).
+    """
+    if t.encoding == "dense":
+        if t.data is None:
+            raise FormatError(f"tensor {t.name[:200]!r}: dense data missing")
+        return DeviceTensor(t.name, t.dtype, t.shape, "dense", data=asarray(_native(t.data, t.dtype)))
+    if t.codebook is None or t.index_stream is None or t.code_stream is None:
+        raise FormatError(f"tensor {t.name[:200]!r}: sparse sections missing")
+    bounds = _xp.chunk_bounds(t)
+    host_cb = _native(t.codebook, t.dtype)
+    return DeviceTensor(
+        t.name,
+        t.dtype,
+        t.shape,
+        "sparse",
+        codebook=asarray(host_cb),
+        index_words=asarray(_words(t.index_stream)),
+        code_words=asarray(_words(t.code_stream)),
+        bounds=asarray(bounds),
+        bounds_host=bounds,
+        n_entries=int(t.n_entries or 0),
+        chunk_entries=int(t.chunk_entries or 1024),
+        index_bits=int(t.index_bits or 1),
+        code_bits=int(t.code_bits or 1),
+        codebook_host=host_cb,
+    )
 
 
 def to_device(t: EncodedTensor | DeviceTensor) -> DeviceTensor:
@@ -175,31 +220,14 @@ def to_device(t: EncodedTensor | DeviceTensor) -> DeviceTensor:
     """
     if isinstance(t, DeviceTensor):
         return t
-    cp = cupy_module()
-    if t.encoding == "dense":
-        if t.data is None:
-            raise FormatError(f"tensor {t.name[:200]!r}: dense data missing")
-        return DeviceTensor(t.name, t.dtype, t.shape, "dense", data=cp.asarray(_native(t.data, t.dtype)))
-    if t.codebook is None or t.index_stream is None or t.code_stream is None:
-        raise FormatError(f"tensor {t.name[:200]!r}: sparse sections missing")
-    bounds = _xp.chunk_bounds(t)
-    host_cb = _native(t.codebook, t.dtype)
-    return DeviceTensor(
-        t.name,
-        t.dtype,
-        t.shape,
-        "sparse",
-        codebook=cp.asarray(host_cb),
-        index_words=_words(cp, t.index_stream),
-        code_words=_words(cp, t.code_stream),
-        bounds=cp.asarray(bounds),
-        bounds_host=bounds,
-        n_entries=int(t.n_entries or 0),
-        chunk_entries=int(t.chunk_entries or 1024),
-        index_bits=int(t.index_bits or 1),
-        code_bits=int(t.code_bits or 1),
-        codebook_host=host_cb,
-    )
+    return stored_form(t, cupy_module().asarray)
+
+
+def codebook_bits(codebook: np.ndarray, out_dtype: Any) -> np.ndarray:
+    """A host codebook converted as NumPy's ``astype(out_dtype)``, as the unsigned bit
+    patterns of ``out_dtype``'s itemsize that the decode kernels copy (``[n_codes]``)."""
+    out_dtype = np.dtype(out_dtype)
+    return np.ascontiguousarray(codebook.astype(out_dtype)).view(np.dtype(f"u{out_dtype.itemsize}"))
 
 
 def _table(cp: Any, t: DeviceTensor, out_dtype: np.dtype[Any]) -> Any:
@@ -207,12 +235,12 @@ def _table(cp: Any, t: DeviceTensor, out_dtype: np.dtype[Any]) -> Any:
     key = ("bits", out_dtype.str)
     table = t._cache.get(key)
     if table is None:
-        bits = np.dtype(f"u{out_dtype.itemsize}")
         if out_dtype == t.dtype:
-            table = cp.ascontiguousarray(t.codebook).view(bits)
+            table = cp.ascontiguousarray(t.codebook).view(np.dtype(f"u{out_dtype.itemsize}"))
         elif t.codebook_host is not None:  # exact host conversion, as NumPy's astype
-            table = cp.asarray(t.codebook_host.astype(out_dtype).view(bits))
+            table = cp.asarray(codebook_bits(t.codebook_host, out_dtype))
         else:
+            bits = np.dtype(f"u{out_dtype.itemsize}")
             table = cp.ascontiguousarray(t.codebook.astype(out_dtype)).view(bits)
         t._cache[key] = table
     return table
@@ -273,6 +301,75 @@ def spmv_args(t: DeviceTensor, values: Any, x: Any, y: Any, in_features: int, ba
     )
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, described independently of who runs it.
+
+    ``decode_device`` and ``matmul_device`` hand these to CuPy; the tests hand the same
+    launches, with NumPy arrays in place of device arrays, to a CPU emulator of
+    ``kernels.cu`` (tests/gpu/emu).
+
+    Attributes:
+        kernel: entry point in ``kernels.cu`` (one of ``KERNEL_NAMES``).
+        grid: blocks per grid dimension.
+        block: threads per block dimension.
+        args: the kernel's arguments in order: arrays (passed as pointers) and NumPy
+            scalars of the parameter's exact C type.
+        shared_mem: bytes of dynamic shared memory.
+    """
+
+    kernel: str
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    args: tuple[Any, ...]
+    shared_mem: int = 0
+
+
+def decode_launches(
+    t: DeviceTensor, plan: _xp.RegionPlan, table: Any, out: Any, big_starts: Any, big_ends: Any
+) -> list[Launch]:
+    """The launches that decode sparse ``t`` (``n_entries > 0``) into ``out``, in order.
+
+    Args:
+        t: the sparse tensor (its arrays on the device that runs the launches).
+        plan: :func:`crest.gpu._xp.plan_regions` for ``t`` at ``out``'s itemsize.
+        table: the codebook as unsigned bit patterns of ``out``'s itemsize ``[n_codes]``.
+        out: flat unsigned output ``[numel]``, any contents: every element is written.
+        big_starts, big_ends: ``plan.big_starts`` / ``plan.big_ends`` on that device.
+
+    Returns:
+        The fill of the regions too big to stage (when there are any), then the decode.
+    """
+    isz = int(out.dtype.itemsize)
+    launches = []
+    n_big = int(plan.big.shape[0])
+    if n_big:
+        longest = int((plan.big_ends - plan.big_starts).max()) * isz
+        gx = min(1024, longest // (_FILL_THREADS * 16 * 4) + 1)
+        launches.append(
+            Launch("crest_fill_regions", (gx, min(n_big, 65535)), (_FILL_THREADS,),
+                   fill_args(out, big_starts, big_ends, n_big, isz))
+        )
+    threads, _ = _xp.launch_shape(t.chunk_entries)
+    launches.append(
+        Launch(f"crest_decode_u{isz * 8}", (t.n_chunks,), (threads,),
+               decode_args(t, table, out, plan.stage_bytes), _SCRATCH + plan.stage_bytes)
+    )
+    return launches
+
+
+def spmv_launch(t: DeviceTensor, values: Any, x: Any, y: Any, in_features: int, batch: int) -> Launch:
+    """The launch of ``y += W x`` for sparse ``t`` and float32 ``x [in, batch <= 16]``."""
+    if not 1 <= batch <= _xp.MAX_BATCH:
+        raise ValueError(f"batch must be 1..{_xp.MAX_BATCH} per launch, got {batch}")
+    threads, _ = _xp.launch_shape(t.chunk_entries)
+    return Launch("crest_spmv_f32", (t.n_chunks,), (threads,), spmv_args(t, values, x, y, in_features, batch))
+
+
+def _run(kernels: _Kernels, launch: Launch) -> None:
+    kernels.functions[launch.kernel](launch.grid, launch.block, launch.args, shared_mem=launch.shared_mem)
+
+
 def decode_device(t: DeviceTensor, dtype: Any = None) -> Any:
     """Decode one device-resident tensor to a dense CuPy array.
 
@@ -299,20 +396,8 @@ def decode_device(t: DeviceTensor, dtype: Any = None) -> Any:
         return out.view(out_dtype).reshape(t.shape)
     kernels = _kernels(cp)
     plan, big_starts, big_ends = _plan(cp, t, isz, kernels.stage_cap)
-    n_big = int(plan.big.shape[0])
-    if n_big:
-        longest = int((plan.big_ends - plan.big_starts).max()) * isz
-        gx = min(1024, longest // (_FILL_THREADS * 16 * 4) + 1)
-        kernels.functions["crest_fill_regions"](
-            (gx, min(n_big, 65535)), (_FILL_THREADS,), fill_args(out, big_starts, big_ends, n_big, isz)
-        )
-    threads, _ = _xp.launch_shape(t.chunk_entries)
-    kernels.functions[f"crest_decode_u{isz * 8}"](
-        (t.n_chunks,),
-        (threads,),
-        decode_args(t, _table(cp, t, out_dtype), out, plan.stage_bytes),
-        shared_mem=_SCRATCH + plan.stage_bytes,
-    )
+    for launch in decode_launches(t, plan, _table(cp, t, out_dtype), out, big_starts, big_ends):
+        _run(kernels, launch)
     return out.view(out_dtype).reshape(t.shape)
 
 
@@ -347,14 +432,11 @@ def matmul_device(t: DeviceTensor, x: Any) -> Any:
                 src = t.codebook_host if t.codebook_host is not None else t.codebook
                 values = cp.asarray(src.astype(np.float32) if isinstance(src, np.ndarray) else src.astype(cp.float32))
                 t._cache[key] = values
-            threads, _ = _xp.launch_shape(t.chunk_entries)
             for s in range(0, batch, _xp.MAX_BATCH):
                 xs = cp.ascontiguousarray(x2[:, s : s + _xp.MAX_BATCH], dtype=cp.float32)
                 nb = int(xs.shape[1])
                 ys = y if nb == batch else cp.zeros((out_f, nb), dtype=cp.float32)
-                kernels.functions["crest_spmv_f32"](
-                    (t.n_chunks,), (threads,), spmv_args(t, values, xs, ys, in_f, nb)
-                )
+                _run(kernels, spmv_launch(t, values, xs, ys, in_f, nb))
                 if ys is not y:
                     y[:, s : s + nb] = ys
     y = y.astype(x.dtype, copy=False)

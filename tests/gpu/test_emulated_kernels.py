@@ -1,0 +1,212 @@
+"""``kernels.cu`` itself, run on the CPU by an emulator, against the NumPy reference.
+
+The emulator (``tests/gpu/emu``) compiles the kernel source with the host C++ compiler
+under AddressSanitizer and UndefinedBehaviorSanitizer and runs every CUDA thread as a
+fiber, with real barriers behind ``__syncthreads`` and the warp intrinsics, resuming
+threads in a seeded random order at each barrier. The launches
+are the ones the CuPy path builds (:func:`crest.gpu._cuda.decode_launches`,
+:func:`crest.gpu._cuda.spmv_launch`): grid and block shapes, shared-memory sizes and
+arguments are the GPU's. Output buffers start poisoned, as ``cupy.empty`` does not clear.
+What this cannot show is timing, NVRTC's code generation and the device's memory model;
+the ``gpu`` tests in ``test_cupy.py`` cover those on a device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crest.gpu import _cuda, _xp, decode, encode, parse
+from tests.gpu import _emulator
+from tests.gpu._corpus import bits, corpus, weight
+from tests.gpu.test_fuzz import BLOBS
+
+_REASON = _emulator.unavailable_reason()
+needs_emulator = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+
+CORPUS = corpus(seed=2, count=24)
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    return _emulator.build(tmp_path_factory.mktemp("emu-build"))
+
+
+def _work(tmp_path: Path) -> Path:
+    return tmp_path / f"job{next(_counter)}"
+
+
+def _decode_emulated(
+    exe: Path,
+    blob: bytes,
+    work: Path,
+    *,
+    dtype: Any = None,
+    stage_cap: int = _xp.STAGE_CAP_BYTES,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Every sparse tensor of ``blob`` with entries, decoded by the emulated kernels as
+    ``_cuda.decode_device`` launches them (one emulator run for the whole file)."""
+    launches: list[_cuda.Launch] = []
+    outs: dict[str, tuple[np.ndarray, np.dtype[Any], tuple[int, ...]]] = {}
+    for t in parse(blob):
+        if t.encoding != "sparse" or t.numel == 0 or not t.n_entries:
+            continue
+        dt = _cuda.stored_form(t, np.array)
+        out_dtype = np.dtype(t.dtype if dtype is None else dtype)
+        isz = out_dtype.itemsize
+        out = np.full(t.numel * isz, 0xA5, np.uint8).view(f"u{isz}")  # cupy.empty is not zeroed
+        assert dt.bounds_host is not None and dt.codebook_host is not None
+        plan = _xp.plan_regions(dt.bounds_host, isz, stage_cap)
+        table = _cuda.codebook_bits(dt.codebook_host, out_dtype)
+        launches += _cuda.decode_launches(dt, plan, table, out, plan.big_starts.copy(), plan.big_ends.copy())
+        outs[t.name] = (out, out_dtype, t.shape)
+    if launches:
+        _emulator.run(exe, launches, work, seed=seed)
+    return {name: out.view(d).reshape(shape) for name, (out, d, shape) in outs.items()}
+
+
+def _check(exe: Path, blob: bytes, work: Path, **kw: Any) -> int:
+    got = _decode_emulated(exe, blob, work, **kw)
+    ref = decode(blob, dtype=kw.get("dtype"))
+    for name, arr in got.items():
+        want = ref[name]
+        assert arr.dtype == want.dtype and arr.shape == want.shape, name
+        assert np.array_equal(bits(arr), bits(want)), name
+    return len(got)
+
+
+def test_decode_corpus_bit_exact(emu: Path, tmp_path: Path) -> None:
+    """Every width, chunk size and dtype of the corpus, every output itemsize (1..8 bytes)."""
+    checked = sum(_check(emu, blob, _work(tmp_path), seed=i) for i, (_, blob, _) in enumerate(CORPUS))
+    assert checked >= 30
+
+
+@pytest.mark.parametrize("stage_cap", [0, 256, 4096])
+def test_decode_with_regions_too_big_to_stage(emu: Path, tmp_path: Path, stage_cap: int) -> None:
+    """Small shared-memory budgets send most regions through crest_fill_regions + scatter."""
+    checked = 0
+    for _, blob, _ in CORPUS[::3]:
+        checked += _check(emu, blob, _work(tmp_path), stage_cap=stage_cap)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("name", sorted(BLOBS))
+def test_decode_fuzz_corpus_blobs(emu: Path, tmp_path: Path, name: str) -> None:
+    assert _check(emu, BLOBS[name][0], _work(tmp_path)) > 0
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("chunk", [32, 1024, 4096])
+def test_decode_layer_to_float16_and_float64(emu: Path, tmp_path: Path, chunk: int) -> None:
+    """A layer-shaped tensor decoded straight to other dtypes (codebook converted on the host)."""
+    rng = np.random.default_rng(chunk)
+    w = weight(rng, 96, 700, 0.09, n_values=27)
+    w[0, :4] = [1e-8, 7e4, -1e-30, 65504.0]  # underflow and overflow in float16: 31 values
+    blob = encode({"w": w}, index_bits=4, code_bits=5, chunk_entries=chunk)
+    for dtype in ("float16", "float64", None):
+        assert _check(emu, blob, _work(tmp_path), dtype=dtype) == 1
+
+
+def _spmv_emulated(exe: Path, blob: bytes, x: np.ndarray, work: Path) -> np.ndarray:
+    """``y = W x`` by the emulated crest_spmv_f32, launched as ``matmul_device`` does."""
+    (t,) = parse(blob)
+    dt = _cuda.stored_form(t, np.array)
+    assert dt.codebook_host is not None
+    in_f = int(np.prod(t.shape[1:], dtype=np.int64))
+    values = dt.codebook_host.astype(np.float32)
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.zeros((t.shape[0], xs.shape[1]), np.float32)
+    _emulator.run(exe, [_cuda.spmv_launch(dt, values, xs, y, in_f, int(xs.shape[1]))], work)
+    return y
+
+
+@pytest.mark.parametrize(
+    "shape,density,chunk,batch",
+    [
+        ((40, 30), 0.3, 32, 1),  # rows shorter than a warp's entries: the atomic path
+        ((200, 40), 0.3, 1024, 2),  # several rows inside one thread's entries: flushes
+        ((64, 300), 0.09, 256, 3),
+        ((16, 5000), 0.09, 1024, 8),  # long rows: whole warps reduce inside one row
+        ((50, 7, 3, 3), 0.2, 64, 16),  # conv weight viewed as [out, in * kh * kw]
+        ((3, 100_000), 0.001, 32, 2),  # filler entries and rows without any entry
+    ],
+)
+def test_fused_product_matches_reference(
+    emu: Path, tmp_path: Path, shape: tuple[int, ...], density: float, chunk: int, batch: int
+) -> None:
+    rng = np.random.default_rng(batch)
+    w = weight(rng, shape[0], int(np.prod(shape[1:])), density).reshape(shape)
+    blob = encode({"w": w}, index_bits=4, code_bits=5, chunk_entries=chunk)
+    (t,) = parse(blob)
+    x = rng.standard_normal((int(np.prod(shape[1:])), batch)).astype(np.float32)
+    got = _spmv_emulated(emu, blob, x, _work(tmp_path))
+    want = _xp.sparse_matmul_xp(t, x, np)
+    dense = decode(blob)["w"].reshape(shape[0], -1).astype(np.float64)
+    scale = np.abs(dense) @ np.abs(x.astype(np.float64)) + 1e-30  # bound of float32 rounding
+    assert np.all(np.abs(got - want) <= 1e-5 * scale)
+
+
+def test_spmv_launch_refuses_batches_above_sixteen() -> None:
+    rng = np.random.default_rng(0)
+    (t,) = parse(encode({"w": weight(rng, 4, 8, 0.5)}, chunk_entries=32))
+    dt = _cuda.stored_form(t, np.array)
+    with pytest.raises(ValueError, match="batch"):
+        _cuda.spmv_launch(dt, dt.codebook, np.zeros((8, 17), np.float32), np.zeros((4, 17), np.float32), 8, 17)
+
+
+def test_emulator_reports_shared_memory_overrun(emu: Path, tmp_path: Path) -> None:
+    """Not vacuous: a decode launched with less shared memory than its staging needs is
+    reported by AddressSanitizer (on a GPU it would corrupt or fault)."""
+    rng = np.random.default_rng(1)
+    (t,) = parse(encode({"w": weight(rng, 64, 300, 0.09)}, chunk_entries=256))
+    dt = _cuda.stored_form(t, np.array)
+    assert dt.bounds_host is not None and dt.codebook_host is not None
+    plan = _xp.plan_regions(dt.bounds_host, 4, _xp.STAGE_CAP_BYTES)
+    out = np.zeros(t.numel, np.uint32)
+    (launch,) = _cuda.decode_launches(
+        dt, plan, _cuda.codebook_bits(dt.codebook_host, np.float32), out, plan.big_starts, plan.big_ends
+    )
+    short = _cuda.Launch(launch.kernel, launch.grid, launch.block, launch.args, launch.shared_mem - 64)
+    with pytest.raises(AssertionError, match="AddressSanitizer"):
+        _emulator.run(emu, [short], _work(tmp_path))
+
+
+# Deliberately broken kernels: each must fail a check above, or the emulator proves nothing.
+_SOURCE = _cuda.KERNEL_SOURCE.read_text()
+_MUTANTS = {
+    # the staged region is zeroed, then scattered into: without the barrier between them
+    # threads scatter into parts of the region that others have not zeroed yet
+    "barrier-after-zeroing": (
+        "s4[i] = crest_zero_v4();\n        __syncthreads();",
+        "s4[i] = crest_zero_v4();",
+    ),
+    # a warp spanning several rows must flush its sums at each row change
+    "row-flush": ("if (dirty && !warp_one_row) {", "if (dirty && false) {"),
+}
+
+
+@needs_emulator
+@pytest.mark.parametrize("mutant", sorted(_MUTANTS))
+def test_emulator_catches_broken_kernels(tmp_path: Path, mutant: str) -> None:
+    old, new = _MUTANTS[mutant]
+    assert _SOURCE.count(old) == 1, f"the mutation {mutant!r} no longer applies to kernels.cu"
+    exe = _emulator.build(tmp_path / "build", _SOURCE.replace(old, new))
+    failures = 0
+    for i, (_, blob, _) in enumerate(CORPUS[:12]):
+        try:
+            _check(exe, blob, _work(tmp_path), seed=i)
+        except AssertionError:
+            failures += 1
+    try:
+        test_fused_product_matches_reference(exe, tmp_path, (200, 40), 0.3, 1024, 2)
+    except AssertionError:
+        failures += 1
+    assert failures > 0
