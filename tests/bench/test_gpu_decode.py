@@ -3,7 +3,6 @@ kernel's source (compiled by NVRTC as CuPy will), and the refusal without a devi
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,13 @@ from typing import Any
 import pytest
 
 from crest.gpu import gpu_unavailable_reason
+from tests.bench._load import REPO, load_bench
 from tests.gpu.test_nvcc import NVRTC, _nvrtc_compile
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("crest_bench_gpu_decode", REPO / "bench" / "gpu_decode.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_decode")
 
 
 def _rows(bench: Any, call: float, device: float | None, saturated: bool = True) -> dict[str, dict[str, Any]]:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._load import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> object:
-    spec = importlib.util.spec_from_file_location("crest_bench_compression", REPO / "bench" / "compression.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compression")
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 300), (1, 300), (5, 1200), (40, 100), (99, 100)])
