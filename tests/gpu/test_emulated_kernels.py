@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from crest.gpu import _cuda, _xp, decode, encode, parse
 from tests.gpu import _emulator
-from tests.gpu._corpus import bits, corpus, weight
+from tests.gpu._corpus import bits, corpus, sparse_array, weight
 from tests.gpu.test_fuzz import BLOBS
 
 _REASON = _emulator.unavailable_reason()
@@ -98,6 +100,26 @@ def test_decode_with_regions_too_big_to_stage(emu: Path, tmp_path: Path, stage_c
     assert checked > 0
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    dtype=st.sampled_from(["float16", "float32", "float64", "int8", "uint16", "bool"]),
+    shape=st.lists(st.integers(1, 90), min_size=1, max_size=3).map(tuple),
+    density=st.sampled_from([0.005, 0.1, 0.6]),
+    index_bits=st.integers(1, 16),
+    code_bits=st.integers(1, 8),
+    chunk=st.sampled_from([32, 128, 1024, 4096]),
+    stage_cap=st.sampled_from([0, 96, _xp.STAGE_CAP_BYTES]),
+    seed=st.integers(0, 2**16),
+)
+def test_decode_property(
+    emu: Path, tmp_path: Path, dtype: str, shape: tuple[int, ...], density: float, index_bits: int,
+    code_bits: int, chunk: int, stage_cap: int, seed: int,
+) -> None:
+    x = sparse_array(np.random.default_rng(seed), shape, density, (1 << code_bits) - 1, dtype)
+    blob = encode({"t": x}, index_bits=index_bits, code_bits=code_bits, chunk_entries=chunk)
+    assume(_check(emu, blob, _work(tmp_path), stage_cap=stage_cap, seed=seed) == 1)
+
+
 @pytest.mark.parametrize("name", sorted(BLOBS))
 def test_decode_fuzz_corpus_blobs(emu: Path, tmp_path: Path, name: str) -> None:
     assert _check(emu, BLOBS[name][0], _work(tmp_path)) > 0
@@ -151,6 +173,32 @@ def test_fused_product_matches_reference(
     want = _xp.sparse_matmul_xp(t, x, np)
     dense = decode(blob)["w"].reshape(shape[0], -1).astype(np.float64)
     scale = np.abs(dense) @ np.abs(x.astype(np.float64)) + 1e-30  # bound of float32 rounding
+    assert np.all(np.abs(got - want) <= 1e-5 * scale)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    out_f=st.integers(1, 60),
+    in_f=st.integers(1, 400),
+    density=st.sampled_from([0.01, 0.1, 0.5, 1.0]),
+    chunk=st.sampled_from([32, 64, 256, 1024]),
+    index_bits=st.integers(1, 8),
+    batch=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_product_property(
+    emu: Path, tmp_path: Path, out_f: int, in_f: int, density: float, chunk: int, index_bits: int, batch: int, seed: int
+) -> None:
+    """Random shapes, row lengths against warp and chunk sizes, gap widths and batches."""
+    rng = np.random.default_rng(seed)
+    w = weight(rng, out_f, in_f, density)
+    blob = encode({"w": w}, index_bits=index_bits, code_bits=5, chunk_entries=chunk)
+    (t,) = parse(blob)
+    assume(t.encoding == "sparse" and bool(t.n_entries))  # else there is no kernel to run
+    x = rng.standard_normal((in_f, batch)).astype(np.float32)
+    got = _spmv_emulated(emu, blob, x, _work(tmp_path))
+    want = _xp.sparse_matmul_xp(t, x, np)
+    scale = np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64)) + 1e-30
     assert np.all(np.abs(got - want) <= 1e-5 * scale)
 
 
