@@ -63,10 +63,11 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
-def _open_store(url: str) -> Any:
+def _open_store(url: str, *, upgrade: bool = False) -> Any:
+    """An existing crest database; read-only callers leave an older schema untouched."""
     from crest.storage import Store
 
-    return Store(url, create=False)
+    return Store(url, create=False, upgrade=upgrade)
 
 
 @app.command()
@@ -164,7 +165,7 @@ def resume(
     from crest.config import parse_sweep
 
     url = _storage(storage)
-    store = _open_store(url)
+    store = _open_store(url, upgrade=True)  # the driver writes to it anyway
     try:
         info = store.require_study(study)
     finally:
@@ -436,6 +437,25 @@ def nodes(study: StudyArg, storage: StorageOpt = None, as_json: JsonOpt = False)
         table.add_row(c["node_id"][:12], c["host"], c["mode"], c["gpu_name"] or "-", c["cuda_version"] or "-",
                       c["cupy_version"] or "-", result, f"{c['seconds']:.2f}")
     Console().print(table)
+
+
+@app.command("upgrade-storage")
+def upgrade_storage(storage: StorageOpt = None) -> None:
+    """Upgrade an existing database's crest tables to this crest's schema, keeping all data.
+
+    Read-only commands (status, studies, best, export, nodes) never change a database; on
+    one written by an older crest they stop and point here. launch and resume upgrade it
+    themselves. Stop the study's driver first: an older crest cannot use the new schema.
+    """
+    from crest.storage import HEAD_REVISION
+
+    url = _storage(storage)
+    store = _open_store(url, upgrade=True)
+    store.close()
+    if store.upgraded_from is None:
+        typer.echo(f"{url}: crest schema {HEAD_REVISION}, already current")
+    else:
+        typer.echo(f"{url}: crest schema upgraded from {store.upgraded_from} to {HEAD_REVISION}")
 
 
 @app.command()

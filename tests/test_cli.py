@@ -21,6 +21,7 @@ from crest.storage import Store, trial_state_counts
 from crest.tasks import evaluate, get_workload, model_from_tensors
 
 from .conftest import TINY_SWEEP
+from .storage.test_store import _sqlite_revision
 
 
 def crest(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -38,7 +39,7 @@ def _write_sweep(path: Path, **changes: Any) -> Path:
 def test_help_explains_every_command(tmp_path: Path) -> None:
     out = crest("--help", cwd=tmp_path)
     assert out.returncode == 0
-    for command in ("launch", "resume", "status", "studies", "best", "export", "inspect", "workloads"):
+    for command in ("launch", "resume", "status", "studies", "best", "export", "inspect", "workloads", "upgrade-storage"):
         assert command in out.stdout
     launch = crest("launch", "--help", cwd=tmp_path).stdout
     for option in ("--study", "--storage", "--n-trials", "--workers", "--address"):
@@ -136,6 +137,31 @@ def _reap(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_read_only_commands_refuse_an_older_schema_and_upgrade_storage_upgrades_it(tmp_path: Path) -> None:
+    import shutil
+
+    original = sorted((Path(__file__).parent / "storage" / "data").glob("crest-*.db"))[0]
+    db = tmp_path / "old.db"
+    shutil.copy(original, db)
+    url = f"sqlite:///{db}"
+    for args in (["studies"], ["status", "old"], ["best", "old"], ["nodes", "old"]):
+        out = crest(*args, "--storage", url, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "older than this crest" in out.stderr and "crest upgrade-storage" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert _sqlite_revision(db) == original.stem.removeprefix("crest-")
+    up = crest("upgrade-storage", "--storage", url, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert f"upgraded from {original.stem.removeprefix('crest-')}" in up.stdout
+    assert "already current" in crest("upgrade-storage", "--storage", url, cwd=tmp_path).stdout
+    listed = crest("studies", "--storage", url, "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert [s["study"] for s in json.loads(listed.stdout)] == ["old"]
+    missing = crest("upgrade-storage", "--storage", f"sqlite:///{tmp_path / 'none.db'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "no database at" in missing.stderr
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_launch_status_best_export_round_trip(tmp_path: Path) -> None:

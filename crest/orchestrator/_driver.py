@@ -194,7 +194,7 @@ class SweepDriver:
     def _stored_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
         """The study's sensitivity table, read without creating anything; {} when none."""
         try:
-            store = Store(self.config.storage, create=False)  # type: ignore[arg-type]
+            store = Store(self.config.storage, create=False, upgrade=True)  # type: ignore[arg-type]
         except StorageError:
             return {}
         try:

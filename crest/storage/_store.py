@@ -176,13 +176,20 @@ class Store:
         url: SQLAlchemy URL.
         create: create the database file and crest's tables when missing (``launch``);
             read-only commands pass False and get a StorageError instead.
+        upgrade: upgrade crest's tables when the database holds an older schema revision
+            (default: ``create``). Read-only commands pass False and get a StorageError
+            naming ``crest upgrade-storage``, so that reading never alters a database.
+
+    Attributes:
+        upgraded_from: the revision found before an upgrade; None when none was made.
 
     Raises:
         StorageError: bad URL, unreachable database, or a schema of another version.
     """
 
-    def __init__(self, url: str, *, create: bool) -> None:
+    def __init__(self, url: str, *, create: bool, upgrade: bool | None = None) -> None:
         self.url = url
+        self.upgraded_from: str | None = None
         self.engine = make_engine(url, create=create)
         revision = schema_revision(self.engine)
         if revision != HEAD_REVISION:
@@ -195,7 +202,15 @@ class Store:
                     f"{url} has crest schema {revision}, newer than this crest ({HEAD_REVISION}): "
                     "upgrade crest-sweep"
                 )
+            if revision is not None and not (create if upgrade is None else upgrade):
+                self.engine.dispose()
+                raise StorageError(
+                    f"{url} has crest schema {revision}, older than this crest ({HEAD_REVISION}); "
+                    f"reading does not change it: run 'crest upgrade-storage --storage {url}' once "
+                    "(crest launch and crest resume also upgrade it)"
+                )
             upgrade_schema(self.engine)
+            self.upgraded_from = revision
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._optuna: optuna.storages.RDBStorage | None = None
 

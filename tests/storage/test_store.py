@@ -175,7 +175,8 @@ def test_a_database_of_every_earlier_revision_upgrades_and_keeps_its_data(tmp_pa
     for original in pinned:
         path = tmp_path / original.name
         shutil.copy(original, path)
-        store = Store(f"sqlite:///{path}", create=False)
+        store = Store(f"sqlite:///{path}", create=False, upgrade=True)
+        assert store.upgraded_from == original.stem.removeprefix("crest-")
         try:
             with store.engine.connect() as conn:
                 assert conn.execute(text("SELECT version_num FROM crest_alembic_version")).scalar() == HEAD_REVISION
@@ -186,6 +187,29 @@ def test_a_database_of_every_earlier_revision_upgrades_and_keeps_its_data(tmp_pa
             assert store.node_checks(info.id)[0]["passed"] is True
         finally:
             store.close()
+
+
+def _sqlite_revision(path: Path) -> str:
+    """crest's schema revision in a SQLite file, read with the standard library alone."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("SELECT version_num FROM crest_alembic_version").fetchone()[0])
+
+
+def test_reading_a_database_of_an_earlier_revision_changes_nothing(tmp_path: Path) -> None:
+    import shutil
+
+    for original in sorted((Path(__file__).parent / "data").glob("crest-*.db")):
+        path = tmp_path / original.name
+        shutil.copy(original, path)
+        with pytest.raises(StorageError, match="older than this crest.*crest upgrade-storage"):
+            Store(f"sqlite:///{path}", create=False)
+        assert _sqlite_revision(path) == original.stem.removeprefix("crest-")
+        current = Store(f"sqlite:///{path}", create=True)  # writers upgrade
+        current.close()
+        assert current.upgraded_from == original.stem.removeprefix("crest-")
+        Store(f"sqlite:///{path}", create=False).close()  # and then readers read
 
 
 def test_pareto_front_keeps_only_undominated_trials(sqlite_url: str) -> None:
