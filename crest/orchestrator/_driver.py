@@ -589,7 +589,7 @@ class SweepDriver:
             error=error,
         )
         study.tell(job.trial.number, state=TrialState.FAIL)
-        if retry:
+        if retry and _retry_needed(study, info.n_trials):
             _enqueue_retry(study, job.params, job.trial.number, job.attempt + (1 if count_attempt else 0), job.seed, job.retry_of)
 
     def _recover(self, store: Store, study: optuna.Study, info: StudyInfo) -> None:
@@ -617,7 +617,7 @@ class SweepDriver:
                 )
             study.tell(t.number, state=TrialState.FAIL)
             attempt = int(t.user_attrs.get(ATTEMPT_ATTR, 1))
-            if attempt <= self.config.max_retries:
+            if attempt <= self.config.max_retries and _retry_needed(study, info.n_trials):
                 seed = int(t.user_attrs.get(SEED_ATTR, self.config.seed * 100_003 + t.number))
                 _enqueue_retry(study, dict(t.params), t.number, attempt + 1, seed, t.user_attrs.get(RETRY_OF_ATTR))
 
@@ -673,6 +673,15 @@ def _tell_complete(
     storage.set_trial_user_attr(trial_id, "size_bytes", size_bytes)
     storage.set_trial_user_attr(trial_id, "ratio", ratio)
     study.tell(number, objective_values(cfg, size_bytes, accuracy))
+
+
+def _retry_needed(study: optuna.Study, n_trials: int) -> bool:
+    """Whether a failed trial's parameters should be queued again: only while the trials
+    complete, queued and still running fall short of ``n_trials``. (Queued trials beyond
+    that would stay WAITING after the study finishes, e.g. after ``--n-trials`` was
+    lowered or more trials were interrupted than remained to run.)"""
+    counts = _state_counts(study)
+    return counts[TrialState.COMPLETE] + counts[TrialState.WAITING] + counts[TrialState.RUNNING] < n_trials
 
 
 def _enqueue_retry(

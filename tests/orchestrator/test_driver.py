@@ -108,17 +108,23 @@ def test_second_driver_is_refused_while_the_first_is_alive(sqlite_url: str) -> N
         store.close()
 
 
-def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: str) -> None:
-    _run(sqlite_url, n_trials=2)
-    store = Store(sqlite_url, create=False)
-    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
-    orphan = study.ask()  # what a killed driver leaves behind: a RUNNING trial
+def _orphan(study: optuna.Study) -> tuple[optuna.Trial, dict[str, Any]]:
+    """What a killed driver leaves behind: a RUNNING trial with its parameters."""
+    orphan = study.ask()
     params = {
         "prune/fc1.weight/quality": orphan.suggest_float("prune/fc1.weight/quality", 0.1, 1.2),
         "prune/fc2.weight/quality": orphan.suggest_float("prune/fc2.weight/quality", 0.1, 1.2),
         "quantize/fc1.weight/bits": orphan.suggest_int("quantize/fc1.weight/bits", 3, 5),
         "quantize/fc2.weight/bits": orphan.suggest_int("quantize/fc2.weight/bits", 3, 5),
     }
+    return orphan, params
+
+
+def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: str) -> None:
+    _run(sqlite_url, n_trials=2)
+    store = Store(sqlite_url, create=False)
+    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
+    orphan, params = _orphan(study)
     store.close()
     summary, _ = _run(sqlite_url, n_trials=3)
     assert summary.complete == 3
@@ -133,6 +139,29 @@ def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: s
         assert {k: rerun[0].params[k] for k in params} == params
         counts = trial_state_counts(store, "tiny")
         assert counts["RUNNING"] == 0 and counts["COMPLETE"] == 3 and counts["FAIL"] == 1
+    finally:
+        store.close()
+
+
+def test_no_retry_is_queued_beyond_the_trials_still_needed(sqlite_url: str) -> None:
+    """Three trials were running when the driver died, one trial remains to run: one retry
+    is queued and run, and nothing is left WAITING once the study is done."""
+    _run(sqlite_url, n_trials=2)
+    store = Store(sqlite_url, create=False)
+    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
+    orphans = [_orphan(study)[0].number for _ in range(3)]
+    store.close()
+    summary, _ = _run(sqlite_url, n_trials=3)
+    assert summary.complete == 3
+    store = Store(sqlite_url, create=False)
+    try:
+        info = store.require_study("tiny")
+        assert sorted(t.number for t in store.trials(info.id, state="FAIL")) == orphans
+        retries = [t for t in store.trials(info.id, state="COMPLETE") if t.retry_of is not None]
+        assert len(retries) == 1 and retries[0].retry_of in orphans
+        counts = trial_state_counts(store, "tiny")
+        assert counts["WAITING"] == 0 and counts["RUNNING"] == 0
+        assert counts["COMPLETE"] == 3 and counts["FAIL"] == 3
     finally:
         store.close()
 
