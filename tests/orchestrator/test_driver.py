@@ -120,14 +120,19 @@ def _orphan(study: optuna.Study) -> tuple[optuna.Trial, dict[str, Any]]:
     return orphan, params
 
 
-def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: str) -> None:
-    _run(sqlite_url, n_trials=2)
-    store = Store(sqlite_url, create=False)
-    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
-    orphan, params = _orphan(study)
+def _orphans_then_run_to_three(url: str, k: int) -> list[tuple[optuna.Trial, dict[str, Any]]]:
+    """Two complete trials and ``k`` orphans, then a driver runs the study to 3 trials."""
+    _run(url, n_trials=2)
+    store = Store(url, create=False)
+    orphans = [_orphan(optuna.load_study(study_name="tiny", storage=store.optuna_storage())) for _ in range(k)]
     store.close()
-    summary, _ = _run(sqlite_url, n_trials=3)
+    summary, _ = _run(url, n_trials=3)
     assert summary.complete == 3
+    return orphans
+
+
+def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: str) -> None:
+    [(orphan, params)] = _orphans_then_run_to_three(sqlite_url, 1)
     store = Store(sqlite_url, create=False)
     try:
         info = store.require_study("tiny")
@@ -146,13 +151,7 @@ def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: s
 def test_no_retry_is_queued_beyond_the_trials_still_needed(sqlite_url: str) -> None:
     """Three trials were running when the driver died, one trial remains to run: one retry
     is queued and run, and nothing is left WAITING once the study is done."""
-    _run(sqlite_url, n_trials=2)
-    store = Store(sqlite_url, create=False)
-    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
-    orphans = [_orphan(study)[0].number for _ in range(3)]
-    store.close()
-    summary, _ = _run(sqlite_url, n_trials=3)
-    assert summary.complete == 3
+    orphans = [t.number for t, _ in _orphans_then_run_to_three(sqlite_url, 3)]
     store = Store(sqlite_url, create=False)
     try:
         info = store.require_study("tiny")
