@@ -258,3 +258,16 @@ def test_emulator_catches_broken_kernels(tmp_path: Path, mutant: str) -> None:
     except AssertionError:
         failures += 1
     assert failures > 0
+
+
+@needs_emulator
+def test_asan_sees_a_thread_stack_overflow_after_barriers(tmp_path: Path) -> None:
+    """A kernel thread reading past a local array after the block scan's barriers (each a
+    fiber switch) is reported by AddressSanitizer alone: the switches keep the redzones
+    around a suspended thread's locals."""
+    old = "    bool dirty = false;\n"
+    new = old + "    { volatile float* p = acc; if (batch == 2) acc[0] += p[CREST_MAX_BATCH + (int)(threadIdx.x & 1)]; }\n"
+    assert _SOURCE.count(old) == 1, "the mutation no longer applies to kernels.cu"
+    exe = _emulator.build(tmp_path / "build", _SOURCE.replace(old, new), ubsan=False)
+    with pytest.raises(AssertionError, match="AddressSanitizer: stack-buffer-overflow"):
+        test_fused_product_matches_reference(exe, tmp_path, (200, 40), 0.3, 1024, 2)

@@ -41,6 +41,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define CREST_EMU_ASAN 1
 #endif
@@ -227,6 +228,14 @@ inline void launch(dim3 grid, dim3 block, std::size_t smem_bytes, const std::fun
             f.ctx.uc_stack.ss_size = kStackBytes;
             f.ctx.uc_link = nullptr;
             makecontext(&f.ctx, fiber_entry, 0);
+#ifdef CREST_EMU_ASAN
+            // ASan's swapcontext interceptor clears the shadow of the target's uc_stack on
+            // every switch, which would erase the redzones around a suspended thread's
+            // locals: makecontext is done with uc_stack, so hide it from the interceptor,
+            // and start every block from a clean stack (no stale frames of the last one).
+            __asan_unpoison_memory_region(f.stack, kStackBytes);
+            f.ctx.uc_stack = stack_t{};
+#endif
             sched.runnable.push_back(&f);
         }
         std::shuffle(sched.runnable.begin(), sched.runnable.end(), sched.rng);
