@@ -594,6 +594,7 @@ class SweepDriver:
 
     def _recover(self, store: Store, study: optuna.Study, info: StudyInfo) -> None:
         """Settle trials left RUNNING by a driver that died (we hold the lease now)."""
+        retries: list[optuna.trial.FrozenTrial] = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             record = store.trial_by_optuna_id(t._trial_id)
             if record is not None and record.state == "COMPLETE":
@@ -617,9 +618,16 @@ class SweepDriver:
                 )
             study.tell(t.number, state=TrialState.FAIL)
             attempt = int(t.user_attrs.get(ATTEMPT_ATTR, 1))
-            if attempt <= self.config.max_retries and _retry_needed(study, info.n_trials):
-                seed = int(t.user_attrs.get(SEED_ATTR, self.config.seed * 100_003 + t.number))
-                _enqueue_retry(study, dict(t.params), t.number, attempt + 1, seed, t.user_attrs.get(RETRY_OF_ATTR))
+            if attempt <= self.config.max_retries:
+                retries.append(t)
+        # queue retries once every orphan is settled: an orphan not yet settled would
+        # count as running and could crowd out another's retry
+        for t in retries:
+            if not _retry_needed(study, info.n_trials):
+                break
+            attempt = int(t.user_attrs.get(ATTEMPT_ATTR, 1))
+            seed = int(t.user_attrs.get(SEED_ATTR, self.config.seed * 100_003 + t.number))
+            _enqueue_retry(study, dict(t.params), t.number, attempt + 1, seed, t.user_attrs.get(RETRY_OF_ATTR))
 
     # progress ---------------------------------------------------------------------------
 

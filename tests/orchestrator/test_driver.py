@@ -165,6 +165,30 @@ def test_no_retry_is_queued_beyond_the_trials_still_needed(sqlite_url: str) -> N
         store.close()
 
 
+def test_an_orphan_out_of_retries_does_not_crowd_out_another_s_retry(sqlite_url: str) -> None:
+    """Two orphans, one trial to go: the first may be retried, the second (on its fifth
+    attempt) may not; the first's parameters are the ones run again."""
+    from crest.orchestrator._driver import ATTEMPT_ATTR
+
+    _run(sqlite_url, n_trials=2)
+    store = Store(sqlite_url, create=False)
+    study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
+    first, params = _orphan(study)
+    spent, _ = _orphan(study)
+    spent.set_user_attr(ATTEMPT_ATTR, 5)
+    store.close()
+    summary, _ = _run(sqlite_url, n_trials=3)
+    assert summary.complete == 3
+    store = Store(sqlite_url, create=False)
+    try:
+        info = store.require_study("tiny")
+        retries = [t for t in store.trials(info.id, state="COMPLETE") if t.retry_of is not None]
+        assert [t.retry_of for t in retries] == [first.number]
+        assert {k: retries[0].params[k] for k in params} == params
+    finally:
+        store.close()
+
+
 def test_bad_workload_or_pattern_writes_nothing(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'never.db'}"
     with pytest.raises(WorkloadError):
