@@ -64,6 +64,20 @@ def test_budgets_fall_back_to_call_time_and_name_unsaturated_rows(bench: Any) ->
     assert sorted(judged["unsaturated"]) == ["fc6: crest decode fp32", "fc6: torch CSR to_dense() fp32"]
 
 
+def test_an_upper_bound_that_flatters_crest_leaves_the_budget_undetermined(bench: Any) -> None:
+    rows = _rows(bench, 1.0, 1.0)
+    spmv, fused = "fc6: cuSPARSE SpMV (torch CSR @ x) batch 1", "fc6: crest fused y=Wx batch 1"
+    rows[spmv].update(device_median_ms=0.1, device_saturated=False)  # maybe inflated by gaps
+    rows[fused].update(device_median_ms=0.02)
+    assert bench.judge_budgets(rows)["fused batch 1 >=3x faster than cuSPARSE SpMV"]["met"] is None
+    rows[spmv].update(device_saturated=True)
+    rows[fused].update(device_saturated=False)  # crest's own bound only makes it stricter
+    assert bench.judge_budgets(rows)["fused batch 1 >=3x faster than cuSPARSE SpMV"]["met"] is True
+    floor = "fc6: fill floor: torch fill_ fp32 output"
+    rows[floor].update(device_saturated=False)  # the floor is the flattering side of a max
+    assert bench.judge_budgets(rows)["decode within 1.3x of the fill floor"]["met"] is None
+
+
 @pytest.mark.skipif(NVRTC is None, reason="libnvrtc is not installed (pip install nvidia-cuda-nvrtc)")
 def test_spin_kernel_compiles_with_nvrtc(bench: Any) -> None:
     rc, log, cubin = _nvrtc_compile(bench.SPIN_SOURCE, ["-arch=sm_90", "--device-as-default-execution-space"])
