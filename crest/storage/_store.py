@@ -19,6 +19,7 @@ from crest.exceptions import FormatError, LeaseError, StorageError
 from crest.storage._engine import (
     HEAD_REVISION,
     make_engine,
+    parse_url,
     schema_revision,
     session_scope,
     upgrade_schema,
@@ -192,21 +193,22 @@ class Store:
         self.upgraded_from: str | None = None
         self.engine = make_engine(url, create=create)
         revision = schema_revision(self.engine)
+        shown = parse_url(url).render_as_string(hide_password=True)  # messages never show a password
         if revision != HEAD_REVISION:
             if not create and revision is None:
                 self.engine.dispose()
-                raise StorageError(f"{url} holds no crest studies (crest's tables are missing)")
+                raise StorageError(f"{shown} holds no crest studies (crest's tables are missing)")
             if revision is not None and revision > HEAD_REVISION:
                 self.engine.dispose()
                 raise StorageError(
-                    f"{url} has crest schema {revision}, newer than this crest ({HEAD_REVISION}): "
+                    f"{shown} has crest schema {revision}, newer than this crest ({HEAD_REVISION}): "
                     "upgrade crest-sweep"
                 )
             if revision is not None and not (create if upgrade is None else upgrade):
                 self.engine.dispose()
                 raise StorageError(
-                    f"{url} has crest schema {revision}, older than this crest ({HEAD_REVISION}); "
-                    f"reading does not change it: run 'crest upgrade-storage --storage {url}' once "
+                    f"{shown} has crest schema {revision}, older than this crest ({HEAD_REVISION}); "
+                    f"reading does not change it: run 'crest upgrade-storage --storage {shown}' once "
                     "(crest launch and crest resume also upgrade it)"
                 )
             upgrade_schema(self.engine)

@@ -212,6 +212,16 @@ def test_reading_a_database_of_an_earlier_revision_changes_nothing(tmp_path: Pat
         Store(f"sqlite:///{path}", create=False).close()  # and then readers read
 
 
+@pytest.mark.postgres
+def test_schema_errors_never_show_the_password(postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(password="s3cret-pw").render_as_string(hide_password=False)
+    with pytest.raises(StorageError, match="holds no crest studies") as empty:
+        Store(url, create=False)  # trust auth: the password is not checked, only carried
+    assert "s3cret-pw" not in str(empty.value) and "***" in str(empty.value)
+
+
 def test_pareto_front_keeps_only_undominated_trials(sqlite_url: str) -> None:
     from crest.storage import pareto_front
 
