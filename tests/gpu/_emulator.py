@@ -8,8 +8,9 @@ NumPy arrays standing in for device arrays; arrays are copied in, the launches r
 order, and every array is copied back.
 
 Only the kernels' ``__shared__`` declarations are rewritten before compiling: the dynamic
-shared-memory array becomes a pointer to the launch's exactly-sized buffer, and static
-``__shared__`` arrays become function statics.
+shared-memory array becomes a pointer to the launch's exactly-sized buffer, and each
+static ``__shared__`` array a reference to storage that every block finds refilled with
+garbage.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FLAGS = [
     "-Wall",
     "-Wno-unknown-pragmas",
 ]
+_STATIC = re.compile(r"__shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z_][\w ]*?)\s+(\w+)\[([^\]]+)\];")
 _DYNAMIC = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z_][\w ]*?)\s+(\w+)\[\];")
 
 
@@ -66,7 +68,8 @@ def host_source(source: str) -> str:
         AssertionError: the source no longer has the declarations this rewrite expects.
     """
     out, n_dynamic = _DYNAMIC.subn(r"\1* \2 = reinterpret_cast<\1*>(crest_emu::dynamic_smem());", source)
-    out, n_static = re.subn(r"\b__shared__\b", "static", out)
+    out, n_static = _STATIC.subn(r"auto& \2 = crest_emu::block_static<\1[\3], __COUNTER__>();", out)
+    assert "__shared__" not in out, "a __shared__ declaration the emulator does not know"
     assert n_dynamic >= 1 and n_static >= 1, "kernels.cu's __shared__ declarations changed: update the emulator"
     return out
 
@@ -133,7 +136,7 @@ def run(exe: Path, launches: Sequence[_cuda.Launch], work: Path, *, seed: int = 
                     index[id(arg)] = len(arrays)
                     path = work / f"buf{len(arrays)}"
                     arg.tofile(path)
-                    lines.append(f"buffer {arg.nbytes} {path}")
+                    lines.append(f"buffer {arg.nbytes} {arg.itemsize} {path}")
                     arrays.append(arg)
                 words.append(f"b{index[id(arg)]}")
             else:

@@ -271,3 +271,17 @@ def test_asan_sees_a_thread_stack_overflow_after_barriers(tmp_path: Path) -> Non
     exe = _emulator.build(tmp_path / "build", _SOURCE.replace(old, new), ubsan=False)
     with pytest.raises(AssertionError, match="AddressSanitizer: stack-buffer-overflow"):
         test_fused_product_matches_reference(exe, tmp_path, (200, 40), 0.3, 1024, 2)
+
+
+def test_emulator_refuses_an_array_of_the_wrong_element_size(emu: Path, tmp_path: Path) -> None:
+    """A launcher that hands a kernel a codebook of another dtype than its output fails."""
+    rng = np.random.default_rng(2)
+    (t,) = parse(encode({"w": weight(rng, 8, 64, 0.3)}, chunk_entries=32))
+    dt = _cuda.stored_form(t, np.array)
+    assert dt.bounds_host is not None and dt.codebook_host is not None
+    plan = _xp.plan_regions(dt.bounds_host, 4, _xp.STAGE_CAP_BYTES)
+    out = np.zeros(t.numel, np.uint32)
+    wrong = _cuda.codebook_bits(dt.codebook_host, np.float16)  # 2-byte patterns for a u32 kernel
+    launches = _cuda.decode_launches(dt, plan, wrong, out, plan.big_starts, plan.big_ends)
+    with pytest.raises(AssertionError, match="element size differs"):
+        _emulator.run(emu, launches, _work(tmp_path))

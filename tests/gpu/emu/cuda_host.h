@@ -11,8 +11,8 @@
 //   - atomicAdd on float, __ldg (a plain load);
 //   - dynamic shared memory: a heap buffer of exactly the launch's size, filled with
 //     garbage (0xA5) for every block, so AddressSanitizer reports any access past it and
-//     nothing can rely on it being zero. Static __shared__ arrays become function statics
-//     (shared by the block's threads; blocks do not overlap in time).
+//     nothing can rely on it being zero. Static __shared__ arrays become per-declaration
+//     storage (block_static) that each block finds refilled with garbage.
 //
 // Ordering: blocks run one at a time in a shuffled order, and at every barrier the
 // released threads (the last one to arrive included) resume in a shuffled order, each
@@ -94,6 +94,7 @@ struct Scheduler {
     Barrier block_bar;
     std::vector<Warp> warps;
     unsigned char* smem = nullptr;
+    unsigned long long block_generation = 0;  // counts blocks run, for block_static
 };
 
 inline Scheduler sched;
@@ -147,6 +148,19 @@ inline void barrier_wait(Barrier& b) {
         b.arrived = 0;
     }
     to_scheduler(false);
+}
+
+// A static __shared__ array: one per declaration (Id), refilled with garbage by the first
+// thread of each block to reach the declaration (every thread passes it before any use).
+template <typename A, int Id>
+A& block_static() {
+    static A storage;
+    static unsigned long long generation = ~0ull;
+    if (generation != sched.block_generation) {
+        std::memset(&storage, 0xA5, sizeof(A));
+        generation = sched.block_generation;
+    }
+    return storage;
 }
 
 inline unsigned lane() { return threadIdx.x & 31u; }
@@ -208,6 +222,7 @@ inline void launch(dim3 grid, dim3 block, std::size_t smem_bytes, const std::fun
     std::shuffle(order.begin(), order.end(), sched.rng);
     for (const dim3& b : order) {
         blockIdx = b;
+        ++sched.block_generation;
         sched.block_bar = Barrier{n, 0, {}};
         sched.warps.assign(n / 32, Warp{});
         for (Warp& w : sched.warps) w.bar.expected = 32;

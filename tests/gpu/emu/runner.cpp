@@ -2,10 +2,12 @@
 // that tests/gpu/_emulator.py writes:
 //
 //   seed S
-//   buffer NBYTES PATH            (repeated: buffer i, read from PATH, written back to PATH.out)
+//   buffer NBYTES ITEMSIZE PATH   (repeated: buffer i, read from PATH, written back to PATH.out)
 //   launch NAME GX GY GZ BX BY BZ SMEM NARGS ARG...
 //
-// where each ARG is `b<i>` (buffer i, passed as a pointer), `i32:<v>` or `i64:<v>`. Every
+// where each ARG is `b<i>` (buffer i, passed as a pointer), `i32:<v>` or `i64:<v>`. A
+// buffer passed where the kernel takes a pointer to elements of another size (bytes
+// excepted) aborts the run: the launcher handed the kernel the wrong array. Every
 // buffer is its own heap allocation of exactly NBYTES (256-byte aligned, as CuPy's), so
 // AddressSanitizer reports any access outside it.
 #include "cuda_host.h"
@@ -20,6 +22,7 @@ namespace {
 
 struct Buffer {
     std::size_t nbytes = 0;
+    std::size_t itemsize = 1;
     std::string path;
     unsigned char* data = nullptr;
 };
@@ -54,7 +57,10 @@ struct Args {
     std::vector<Arg> a;
     template <typename T>
     T* ptr(std::size_t i) const {
-        return reinterpret_cast<T*>(g_buffers[static_cast<std::size_t>(a[i].value)].data);
+        const Buffer& b = g_buffers[static_cast<std::size_t>(a[i].value)];
+        if (sizeof(T) != 1 && sizeof(T) != b.itemsize)
+            crest_emu::fail("an array's element size differs from the kernel's pointer type");
+        return reinterpret_cast<T*>(b.data);
     }
     int i32(std::size_t i) const { return static_cast<int>(a[i].value); }
     long long i64(std::size_t i) const { return a[i].value; }
@@ -114,7 +120,7 @@ int main(int argc, char** argv) {
             in >> seed;
         } else if (what == "buffer") {
             Buffer b;
-            in >> b.nbytes >> b.path;
+            in >> b.nbytes >> b.itemsize >> b.path;
             void* p = nullptr;
             if (posix_memalign(&p, 256, b.nbytes ? b.nbytes : 1) != 0) crest_emu::fail("out of host memory");
             b.data = static_cast<unsigned char*>(p);
