@@ -210,18 +210,23 @@ def test_spmv_launch_refuses_batches_above_sixteen() -> None:
         _cuda.spmv_launch(dt, dt.codebook, np.zeros((8, 17), np.float32), np.zeros((4, 17), np.float32), 8, 17)
 
 
-def test_emulator_reports_shared_memory_overrun(emu: Path, tmp_path: Path) -> None:
-    """Not vacuous: a decode launched with less shared memory than its staging needs is
-    reported by AddressSanitizer (on a GPU it would corrupt or fault)."""
-    rng = np.random.default_rng(1)
-    (t,) = parse(encode({"w": weight(rng, 64, 300, 0.09)}, chunk_entries=256))
+def _float32_decode_launches(
+    rng: np.random.Generator, out_f: int, in_f: int, density: float, chunk: int, table_dtype: Any
+) -> list[_cuda.Launch]:
+    """The launches decoding a random float32 weight into a uint32 output, with the
+    codebook given as ``table_dtype`` bit patterns (float32: right; others: a bug)."""
+    (t,) = parse(encode({"w": weight(rng, out_f, in_f, density)}, chunk_entries=chunk))
     dt = _cuda.stored_form(t, np.array)
     assert dt.bounds_host is not None and dt.codebook_host is not None
     plan = _xp.plan_regions(dt.bounds_host, 4, _xp.STAGE_CAP_BYTES)
-    out = np.zeros(t.numel, np.uint32)
-    (launch,) = _cuda.decode_launches(
-        dt, plan, _cuda.codebook_bits(dt.codebook_host, np.float32), out, plan.big_starts, plan.big_ends
-    )
+    table = _cuda.codebook_bits(dt.codebook_host, table_dtype)
+    return _cuda.decode_launches(dt, plan, table, np.zeros(t.numel, np.uint32), plan.big_starts, plan.big_ends)
+
+
+def test_emulator_reports_shared_memory_overrun(emu: Path, tmp_path: Path) -> None:
+    """Not vacuous: a decode launched with less shared memory than its staging needs is
+    reported by AddressSanitizer (on a GPU it would corrupt or fault)."""
+    (launch,) = _float32_decode_launches(np.random.default_rng(1), 64, 300, 0.09, 256, np.float32)
     short = _cuda.Launch(launch.kernel, launch.grid, launch.block, launch.args, launch.shared_mem - 64)
     with pytest.raises(AssertionError, match="AddressSanitizer"):
         _emulator.run(emu, [short], _work(tmp_path))
@@ -275,13 +280,7 @@ def test_asan_sees_a_thread_stack_overflow_after_barriers(tmp_path: Path) -> Non
 
 def test_emulator_refuses_an_array_of_the_wrong_element_size(emu: Path, tmp_path: Path) -> None:
     """A launcher that hands a kernel a codebook of another dtype than its output fails."""
-    rng = np.random.default_rng(2)
-    (t,) = parse(encode({"w": weight(rng, 8, 64, 0.3)}, chunk_entries=32))
-    dt = _cuda.stored_form(t, np.array)
-    assert dt.bounds_host is not None and dt.codebook_host is not None
-    plan = _xp.plan_regions(dt.bounds_host, 4, _xp.STAGE_CAP_BYTES)
-    out = np.zeros(t.numel, np.uint32)
-    wrong = _cuda.codebook_bits(dt.codebook_host, np.float16)  # 2-byte patterns for a u32 kernel
-    launches = _cuda.decode_launches(dt, plan, wrong, out, plan.big_starts, plan.big_ends)
+    # 2-byte codebook patterns handed to the kernel that writes 4-byte elements
+    launches = _float32_decode_launches(np.random.default_rng(2), 8, 64, 0.3, 32, np.float16)
     with pytest.raises(AssertionError, match="element size differs"):
         _emulator.run(emu, launches, _work(tmp_path))
