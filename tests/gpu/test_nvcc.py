@@ -104,7 +104,8 @@ def _nvrtc_library() -> Path | None:
     import importlib.util
 
     spec = importlib.util.find_spec("nvidia")
-    for root in spec.submodule_search_locations or [] if spec else []:
+    roots = (spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
         for pattern in ("cu*/lib/libnvrtc.so.*", "cuda_nvrtc/lib/libnvrtc.so.*"):
             for lib in sorted(Path(root).glob(pattern)):
                 if "builtins" not in lib.name and ".alt." not in lib.name:
