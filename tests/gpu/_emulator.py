@@ -23,7 +23,6 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -158,7 +157,3 @@ def run(exe: Path, launches: Sequence[_cuda.Launch], work: Path, *, seed: int = 
         got = np.fromfile(work / f"buf{i}.out", dtype=arr.dtype)
         arr.reshape(-1)[...] = got
 
-
-def device_tensor(t: Any) -> _cuda.DeviceTensor:
-    """Parsed tensor ``t``'s stored form as the GPU path builds it, with NumPy arrays."""
-    return _cuda.stored_form(t, np.array)
