@@ -589,12 +589,12 @@ class SweepDriver:
             error=error,
         )
         study.tell(job.trial.number, state=TrialState.FAIL)
-        if retry and _retry_needed(study, info.n_trials):
+        if retry and _retry_room(study, info.n_trials) > 0:
             _enqueue_retry(study, job.params, job.trial.number, job.attempt + (1 if count_attempt else 0), job.seed, job.retry_of)
 
     def _recover(self, store: Store, study: optuna.Study, info: StudyInfo) -> None:
         """Settle trials left RUNNING by a driver that died (we hold the lease now)."""
-        retries: list[optuna.trial.FrozenTrial] = []
+        retries: list[tuple[optuna.trial.FrozenTrial, int]] = []  # (trial, its attempt)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             record = store.trial_by_optuna_id(t._trial_id)
             if record is not None and record.state == "COMPLETE":
@@ -619,13 +619,10 @@ class SweepDriver:
             study.tell(t.number, state=TrialState.FAIL)
             attempt = int(t.user_attrs.get(ATTEMPT_ATTR, 1))
             if attempt <= self.config.max_retries:
-                retries.append(t)
+                retries.append((t, attempt))
         # queue retries once every orphan is settled: an orphan not yet settled would
         # count as running and could crowd out another's retry
-        for t in retries:
-            if not _retry_needed(study, info.n_trials):
-                break
-            attempt = int(t.user_attrs.get(ATTEMPT_ATTR, 1))
+        for t, attempt in retries[: max(0, _retry_room(study, info.n_trials))]:
             seed = int(t.user_attrs.get(SEED_ATTR, self.config.seed * 100_003 + t.number))
             _enqueue_retry(study, dict(t.params), t.number, attempt + 1, seed, t.user_attrs.get(RETRY_OF_ATTR))
 
@@ -683,13 +680,13 @@ def _tell_complete(
     study.tell(number, objective_values(cfg, size_bytes, accuracy))
 
 
-def _retry_needed(study: optuna.Study, n_trials: int) -> bool:
-    """Whether a failed trial's parameters should be queued again: only while the trials
-    complete, queued and still running fall short of ``n_trials``. (Queued trials beyond
+def _retry_room(study: optuna.Study, n_trials: int) -> int:
+    """How many failed trials' parameters may still be queued again: ``n_trials`` minus
+    the trials complete, queued and still running (may be negative). Queued trials beyond
     that would stay WAITING after the study finishes, e.g. after ``--n-trials`` was
-    lowered or more trials were interrupted than remained to run.)"""
+    lowered or more trials were interrupted than remained to run."""
     counts = _state_counts(study)
-    return counts[TrialState.COMPLETE] + counts[TrialState.WAITING] + counts[TrialState.RUNNING] < n_trials
+    return n_trials - counts[TrialState.COMPLETE] - counts[TrialState.WAITING] - counts[TrialState.RUNNING]
 
 
 def _enqueue_retry(
