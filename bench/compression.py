@@ -11,7 +11,7 @@ Reported per workload: the baseline accuracy; the best feasible ratio (dense fp3
 of all parameters / the whole artifact file, header included) for each sampler; the
 trials each sampler needed to first reach the paper's ratio (40x / 39x); the
 stage-by-stage ratios of the best (prune only / + quantize / + Huffman, the transport
-form of crest.gpu.to_transport) next to Deep Compression's; and how much of
+form of crest.format.to_transport) next to Deep Compression's; and how much of
 the best file the format's fixed overheads take (prefix + JSON header, alignment
 padding, chunk tables, codebooks). The best artifact is written to
 ``bench/results/<workload>-best.crest`` and re-scored after ``crest.load``.
@@ -38,8 +38,8 @@ import optuna
 import torch
 
 import crest
-from crest import gpu
 from crest.config import parse_sweep
+from crest.format import from_transport, inspect, sha256, to_transport
 from crest.orchestrator._space import CONSTRAINT_ATTR, sampler_for, suggest
 from crest.tasks import (
     TrialPlan,
@@ -111,7 +111,7 @@ WIDE_SPACE: list[dict[str, Any]] = [
 def _overheads(blob: bytes) -> dict[str, Any]:
     """Where the bytes of a crest file go: payload vs the format's fixed overheads."""
     (header_len,) = struct.unpack_from("<Q", blob, 16)
-    manifest = gpu.inspect(blob)
+    manifest = inspect(blob)
     by_section: dict[str, int] = {}
     for t in manifest["tensors"]:
         for name, sec in t["sections"].items():
@@ -228,7 +228,7 @@ def bench_workload(name: str, n_trials: int, seed: int, max_drop: float, sampler
         "accuracy_drop": best["accuracy_drop"],
         "size_bytes": best["size_bytes"],
         "artifact": str(path.relative_to(RESULTS.parent.parent)),
-        "sha256": gpu.sha256(best["blob"]),
+        "sha256": sha256(best["blob"]),
         "reloaded_accuracy": reloaded,
         "sampler": next(k for k, r in runs.items() if r["best"] is best),
         "trial": best["trial"],
@@ -538,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def huffman_stage(blob: bytes, dense_bytes: int) -> dict[str, Any]:
     """The transport form of the best artifact: Huffman-coded streams, deflated header."""
-    transport = gpu.to_transport(blob)
-    if gpu.from_transport(transport) != blob:
+    transport = to_transport(blob)
+    if from_transport(transport) != blob:
         raise RuntimeError("the transport form did not round-trip")
     return {"ratio": dense_bytes / len(transport), "size_bytes": len(transport)}
 

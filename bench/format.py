@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crest.gpu import decode, encode, inspect, parse  # noqa: E402
+from crest.format import decode, encode, inspect, parse  # noqa: E402
 
 LAYERS: list[tuple[str, tuple[int, ...], str]] = [
     ("conv1", (96, 3, 11, 11), "conv"),

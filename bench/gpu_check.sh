@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one script to run on a GPU machine: all of tests/gpu (CPU, emulator and GPU tests),
-# then the GPU benchmark. Writes $OUT/gpu_env.log, $OUT/gpu_tests.log, $OUT/gpu_bench.log
+# The one script to run on a GPU machine: tests/format and tests/gpu (the format, then the
+# CPU, emulator and GPU tests of the decoder), then the GPU benchmark. Writes $OUT/gpu_env.log, $OUT/gpu_tests.log, $OUT/gpu_bench.log
 # and $OUT/gpu_decode.json ($OUT defaults to bench/results). Installs nothing and needs no
 # network; about 3-5 minutes on an H100. The benchmark runs even when a test fails; the
 # script exits non-zero when either did.
@@ -29,7 +29,7 @@ for name in ("numpy", "cupy", "torch", "hypothesis", "pytest"):
 PY
 } 2>&1 | tee "$OUT/gpu_env.log"
 
-timeout 270 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 270 "$PYTHON" -m pytest tests/format tests/gpu -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 timeout 300 "$PYTHON" bench/gpu_decode.py --out "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_bench.log"
 bench_rc=${PIPESTATUS[0]}

@@ -240,7 +240,7 @@ def _environment(cp: Any, torch: Any) -> dict[str, Any]:
 
 def _naive_inputs(cp: Any, t: Any) -> tuple[Any, Any, Any]:
     """Pre-unpacked gaps and codes on the device (the naive decoder gets them for free)."""
-    from crest.gpu import _bits
+    from crest.format import _bits
 
     n = int(t.n_entries or 0)
     gaps = cp.asarray(_bits.unpack(t.index_stream, t.index_bits, n).astype(np.int32))

@@ -6,6 +6,7 @@ when a subpackage that needs them is imported, or when :func:`load` is first cal
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
+
+# a library logs and leaves the handlers to its application (the CLI sets them up)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def load(

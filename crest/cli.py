@@ -7,6 +7,7 @@ stderr, exit code 2, no traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from crest import __version__
 from crest.exceptions import ConfigError, CrestError
 
 __all__ = ["app", "main"]
+
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="crest",
@@ -56,7 +59,9 @@ LeaseTtlOpt = Annotated[
 
 
 def _storage(explicit: str | None, from_file: str | None = None) -> str:
-    return explicit or os.environ.get("CREST_STORAGE") or from_file or "sqlite:///crest.db"
+    from crest.config import DEFAULT_STORAGE
+
+    return explicit or os.environ.get("CREST_STORAGE") or from_file or DEFAULT_STORAGE
 
 
 def _echo_json(obj: Any) -> None:
@@ -89,11 +94,8 @@ def launch(
     """Launch a sweep (or continue it, if the study exists with the same search)."""
     from crest.config import load_sweep
 
-    overrides: dict[str, Any] = {"study": study, "n_trials": n_trials, "workers": workers}
-    config, text = load_sweep(sweep_file, overrides=overrides)
-    url = _storage(storage, config.storage)
-    ray_opts = config.ray.model_copy(update={"address": address}) if address else config.ray
-    config = config.model_copy(update={"storage": url, "ray": ray_opts})
+    config, text = load_sweep(sweep_file, overrides={"study": study, "n_trials": n_trials, "workers": workers})
+    config = config.replace(source=str(sweep_file), storage=_storage(storage, config.storage), ray_address=address)
     _run_driver(config, text, lease_ttl=lease_ttl, quiet=quiet)
 
 
@@ -119,7 +121,7 @@ def sensitivity(
     `sparsity: sensitivity`.
     """
     from crest.config import load_sweep
-    from crest.orchestrator import DriverOptions, SweepDriver
+    from crest.orchestrator import SweepDriver
 
     try:
         levels = [float(x) for x in sparsities.split(",") if x.strip()]
@@ -128,14 +130,9 @@ def sensitivity(
     if not levels or any(not 0.0 <= x < 1.0 for x in levels):
         raise ConfigError("--sparsities: give fractions in [0, 1), e.g. 0.5,0.9,0.99")
     config, text = load_sweep(sweep_file, overrides={"study": study, "workers": workers})
-    url = _storage(storage, config.storage)
-    ray_opts = config.ray.model_copy(update={"address": address}) if address else config.ray
-    config = config.model_copy(update={"storage": url, "ray": ray_opts})
-    options = DriverOptions(
-        lease_ttl=lease_ttl, heartbeat=max(0.5, min(5.0, lease_ttl / 4)), search_path=(os.getcwd(),)
-    )
+    config = config.replace(source=str(sweep_file), storage=_storage(storage, config.storage), ray_address=address)
     wanted = [x.strip() for x in layers.split(",") if x.strip()] if layers else None
-    table = SweepDriver(config, sweep_yaml=text, options=options).sensitivity(levels, layers=wanted)
+    table = SweepDriver(config, sweep_yaml=text, options=_driver_options(lease_ttl)).sensitivity(levels, layers=wanted)
     if as_json:
         _echo_json({layer: [{"sparsity": s, "accuracy": a, "accuracy_drop": d} for s, a, d in points]
                     for layer, points in table.items()})
@@ -162,22 +159,13 @@ def resume(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
 ) -> None:
     """Resume an interrupted study: trials that were running are re-run, completed ones kept."""
-    from crest.config import parse_sweep
-
     url = _storage(storage)
     store = _open_store(url, upgrade=True)  # the driver writes to it anyway
     try:
         info = store.require_study(study)
     finally:
         store.close()
-    stored = json.loads(info.config_json)
-    config = parse_sweep(
-        stored,
-        source=f"study '{study}'",
-        overrides={"n_trials": n_trials, "workers": workers, "storage": url},
-    )
-    if address:
-        config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
+    config = info.config.replace(n_trials=n_trials, workers=workers, storage=url, ray_address=address)
     _run_driver(config, info.sweep_yaml, lease_ttl=lease_ttl, quiet=quiet)
 
 
@@ -185,15 +173,20 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _driver_options(lease_ttl: float) -> Any:
+    """The driver's knobs for a CLI run: heartbeats four times per TTL, workloads from the cwd."""
+    from crest.orchestrator import DriverOptions
+
+    return DriverOptions(lease_ttl=lease_ttl, heartbeat=max(0.5, min(5.0, lease_ttl / 4)), search_path=(os.getcwd(),))
+
+
 def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> None:
     from crest._progress import ProgressPrinter
-    from crest.orchestrator import DriverOptions, SweepDriver
+    from crest.config import DEFAULT_STORAGE
+    from crest.orchestrator import SweepDriver
 
-    options = DriverOptions(
-        lease_ttl=lease_ttl, heartbeat=max(0.5, min(5.0, lease_ttl / 4)), search_path=(os.getcwd(),)
-    )
     printer = ProgressPrinter(enabled=not quiet)
-    driver = SweepDriver(config, sweep_yaml=text, options=options, on_progress=printer.update)
+    driver = SweepDriver(config, sweep_yaml=text, options=_driver_options(lease_ttl), on_progress=printer.update)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
         with printer:
@@ -201,7 +194,7 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     except KeyboardInterrupt:
         typer.echo(
             f"crest: interrupted; completed trials are kept. Continue with: crest resume {config.study}"
-            + (f" --storage {config.storage}" if config.storage != "sqlite:///crest.db" else ""),
+            + (f" --storage {config.storage}" if config.storage != DEFAULT_STORAGE else ""),
             err=True,
         )
         raise typer.Exit(130) from None
@@ -478,8 +471,28 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            envvar="CREST_LOG_LEVEL",
+            help="What crest logs to stderr: debug, info, warning or error (the progress line is not a log).",
+        ),
+    ] = "warning",
+    log_file: Annotated[
+        Optional[Path],
+        typer.Option("--log-file", help="Also append every log record at --log-level to this file.", dir_okay=False),
+    ] = None,
 ) -> None:
     """crest: compression sweeps for neural networks."""
+    from crest._logging import LEVELS, configure_logging
+
+    if log_level.lower() not in LEVELS:
+        raise ConfigError(f"--log-level: '{log_level}' is not one of {', '.join(LEVELS)}")
+    try:
+        configure_logging(log_level.lower(), log_file=log_file)
+    except OSError as e:
+        raise ConfigError(f"--log-file: cannot write {log_file} ({e.strerror or e})") from e
 
 
 def main() -> None:
@@ -488,6 +501,7 @@ def main() -> None:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
         code = app(standalone_mode=False)
     except CrestError as e:
+        logger.debug("the command failed", exc_info=True)
         typer.echo(f"crest: error: {e}", err=True)
         sys.exit(2)
     except typer.Exit as e:

@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from crest.exceptions import ConfigError
+from crest.format import DEFAULT_CHUNK_ENTRIES
 
 __all__ = [
     "SweepConfig",
@@ -339,7 +340,7 @@ class EncodeStage(_Strict):
 
     type: Literal["encode"]
     index_bits: Literal["auto"] | Annotated[int, Field(ge=1, le=16)] = "auto"
-    chunk_entries: int = Field(default=1024, ge=32, le=65536)
+    chunk_entries: int = Field(default=DEFAULT_CHUNK_ENTRIES, ge=32, le=65536)
 
 
 Stage = Annotated[
@@ -411,6 +412,20 @@ class SweepConfig(_Strict):
             if any(k in ("prune", "quantize") for k in kinds[:first]):
                 raise ValueError("stages: 'lowrank' must come before every prune and quantize stage")
         return self
+
+    def replace(self, *, source: str = "", **changes: Any) -> SweepConfig:
+        """A copy with top-level keys changed (None leaves a key as it is), validated again.
+
+        ``ray_address`` sets ``ray.address``.
+
+        Raises:
+            ConfigError: a changed value is invalid.
+        """
+        data = self.model_dump(mode="json")
+        address = changes.pop("ray_address", None)
+        if address is not None:
+            data["ray"] = {**data["ray"], "address": address}
+        return parse_sweep(data, source=source or f"study '{self.study}'", overrides=changes)
 
     def to_json(self) -> str:
         """The config as canonical JSON (sorted keys)."""

@@ -15,20 +15,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 POSTGRES_URL = os.environ.get("CREST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("CREST_REQUIRE_POSTGRES") == "1"
 
-TINY_SWEEP = {
-    "study": "tiny",
-    "workload": "tiny-digits",
-    "n_trials": 4,
-    "workers": 2,
-    "seed": 0,
-    "constraints": {"max_accuracy_drop": 0.05},
-    "stages": [
-        {"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.2]}}},
-        {"type": "retrain", "epochs": 1},
-        {"type": "quantize", "layers": {"*.weight": {"bits": [3, 5]}}},
-    ],
-}
-
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
@@ -95,25 +81,14 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
-def _gpu_unavailable_reason() -> str | None:
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install 'crest-sweep[gpu]')"
-    try:
-        if not cupy.is_available():
-            return "CuPy sees no CUDA device"
-    except Exception as e:  # a broken driver raises from the probe itself
-        return f"CuPy cannot use a device ({type(e).__name__})"
-    return None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` run only where CuPy sees a device; elsewhere they skip with the reason."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
-    reason = _gpu_unavailable_reason()
+    from crest.gpu import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
     if reason is not None:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -20,8 +20,7 @@ from crest.exceptions import StorageError
 from crest.storage import Store, trial_state_counts
 from crest.tasks import evaluate, get_workload, model_from_tensors
 
-from .conftest import TINY_SWEEP
-from .storage.test_store import _sqlite_revision
+from .helpers import TINY_SWEEP, sqlite_revision
 
 
 def crest(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -69,6 +68,7 @@ def test_inspect_shows_the_header(tmp_path: Path) -> None:
         (["launch", "badpattern.yaml"], "matches no parameter"),
         (["status", "nope"], "no database at crest.db"),
         (["best", "nope", "--storage", "nonsense"], "not a database URL"),
+        (["--log-level", "loud", "studies"], "--log-level: 'loud' is not one of"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], words: str) -> None:
@@ -151,7 +151,7 @@ def test_read_only_commands_refuse_an_older_schema_and_upgrade_storage_upgrades_
         assert out.returncode == 2, (args, out.stderr)
         assert "older than this crest" in out.stderr and "crest upgrade-storage" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
-    assert _sqlite_revision(db) == original.stem.removeprefix("crest-")
+    assert sqlite_revision(db) == original.stem.removeprefix("crest-")
     up = crest("upgrade-storage", "--storage", url, cwd=tmp_path)
     assert up.returncode == 0, up.stderr
     assert f"upgraded from {original.stem.removeprefix('crest-')}" in up.stdout
@@ -164,11 +164,18 @@ def test_read_only_commands_refuse_an_older_schema_and_upgrade_storage_upgrades_
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.slow
 def test_launch_status_best_export_round_trip(tmp_path: Path) -> None:
     _write_sweep(tmp_path / "sweep.yaml", n_trials=3)
-    out = crest("launch", "sweep.yaml", "--quiet", cwd=tmp_path)
+    out = crest("--log-level", "info", "--log-file", "crest.log", "launch", "sweep.yaml", "--quiet", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "3 complete trials" in out.stdout and "best of 'tiny'" in out.stdout
+    # the log: on stderr (plain lines when piped) and in the file, with the driver's events
+    log = (tmp_path / "crest.log").read_text()
+    for words in ("took the lease on study 'tiny'", "passed the decoder check", "trial 2 complete",
+                  "released the lease on study 'tiny'"):
+        assert words in log and words in out.stderr, words
+    assert "crest: INFO: " in out.stderr
     status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
     assert {k: status[k] for k in ("study", "n_trials", "complete", "running", "failed", "waiting")} == {
         "study": "tiny", "n_trials": 3, "complete": 3, "running": 0, "failed": 0, "waiting": 0,
@@ -192,6 +199,7 @@ def test_launch_status_best_export_round_trip(tmp_path: Path) -> None:
     assert [s["study"] for s in listing] == ["tiny"]
 
 
+@pytest.mark.slow
 def test_user_workload_from_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "my_workload.py").write_text(
         "import torch\n"
@@ -214,6 +222,7 @@ def test_user_workload_from_the_working_directory(tmp_path: Path) -> None:
     assert json.loads(crest("status", "mine", "--json", cwd=tmp_path).stdout)["complete"] == 2
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     n = 16  # enough that the sweep is still running after the refused second driver (several s)
     _write_sweep(tmp_path / "sweep.yaml", n_trials=n, stages=[
@@ -283,6 +292,7 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signals) -> None:
     _write_sweep(tmp_path / "sweep.yaml", n_trials=6, stages=[

@@ -8,7 +8,7 @@ import yaml
 from crest.config import load_sweep, parse_sweep
 from crest.exceptions import ConfigError
 
-from .conftest import TINY_SWEEP
+from .helpers import TINY_SWEEP
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 

@@ -1,25 +1,19 @@
-"""The crest compressed format: encoder, NumPy reference decoder, validated views.
+"""crest on the GPU: the CUDA decoder, the fused product and torch modules, plus the format.
 
-A crest file holds named tensors, each stored ``dense`` (raw little-endian bytes) or
-``sparse`` (Deep Compression's relative-index entries: bit-packed gaps and codes into a
-per-tensor codebook, with a chunk table for parallel decoding), behind a magic number, a
-CRC-checked JSON header and CRC-checked 64-byte-aligned sections. Encoding is bit-exact
-(it works on raw bit patterns); :func:`decode` is the definition of correct; any malformed
-input makes :func:`decode`, :func:`inspect` and :func:`parse` raise :class:`FormatError`.
-The byte layout is specified in ``docs/format.md``.
+The artifact format itself (encoder, NumPy reference decoder, validated views, the cheap
+header read, the Huffman transport form) lives in :mod:`crest.format`; this package
+re-exports all of it, so ``crest.gpu.encode``, ``crest.gpu.inspect``,
+``crest.gpu.read_header`` and the rest keep working, and adds the device side:
+``decode(blob, device="cuda")`` (CuPy arrays), ``device="torch:cuda"`` (torch tensors via
+DLPack) and ``device="auto"`` run the CUDA kernels of ``kernels.cu``; :func:`decode` with
+``device="cpu"`` is :func:`crest.format.decode`. :func:`sparse_matmul` computes ``y = W x``
+straight from the compressed form; the torch modules :class:`CompressedLinear` and
+:class:`CompressedConv2d` and :func:`load_model` are imported on first use (they need
+torch).
 
 This package imports with NumPy and the standard library only (no Ray, database, torch
-or CuPy), so a deployment target can load artifacts. The GPU side loads lazily:
-``decode(blob, device="cuda")`` (CuPy arrays), ``device="torch:cuda"`` (torch tensors via
-DLPack) and ``device="auto"`` run the CUDA kernels of ``kernels.cu``;
-:func:`sparse_matmul` computes ``y = W x`` straight from the compressed form; the torch
-modules :class:`CompressedLinear` and :class:`CompressedConv2d` and :func:`load_model`
-are imported on first use (they need torch).
-
-For transport (Deep Compression's Huffman stage), :func:`to_transport` re-codes the gap
-and code streams with canonical Huffman codes and deflates the header;
-:func:`from_transport` rebuilds the exact file (same SHA-256); :func:`transport_size`
-(also ``inspect(blob)["transport_bytes"]``) is its length.
+or CuPy): CuPy is probed once, lazily (:func:`probe_cupy`), and a CUDA device asked for
+without it raises :class:`GpuUnavailableError` saying why.
 
 Example:
     >>> import numpy as np
@@ -31,29 +25,39 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from crest.exceptions import FormatError, GpuUnavailableError
-from crest.gpu._api import DEVICES, decode, gpu_unavailable_reason, sparse_matmul, to_device
-from crest.gpu._codec import (
+from crest.format import (
+    CHUNK_TABLE_COLUMNS,
+    DEFAULT_CHUNK_ENTRIES,
+    DEFAULT_MAX_OUTPUT_BYTES,
     DTYPES,
     FORMAT_VERSION,
+    MAGIC,
+    TRANSPORT_MAGIC,
     EncodedTensor,
+    Header,
+    TensorInfo,
+    decode_tensor,
     encode,
+    from_transport,
     inspect,
     parse,
+    read_header,
     sha256,
-)
-from crest.gpu._container import MAGIC
-from crest.gpu._cuda import DeviceTensor
-from crest.gpu._huffman import (
-    TRANSPORT_MAGIC,
-    from_transport,
     to_transport,
     transport_size,
 )
+from crest.gpu._api import DEVICES, decode, gpu_unavailable_reason, sparse_matmul, to_device
+from crest.gpu._cuda import DeviceTensor
+from crest.gpu._probe import CupyProbe, probe_cupy
 
 __all__ = [
+    "CHUNK_TABLE_COLUMNS",
+    "DEFAULT_CHUNK_ENTRIES",
+    "DEFAULT_MAX_OUTPUT_BYTES",
     "DEVICES",
     "DTYPES",
     "FORMAT_VERSION",
@@ -61,23 +65,31 @@ __all__ = [
     "TRANSPORT_MAGIC",
     "CompressedConv2d",
     "CompressedLinear",
+    "CupyProbe",
     "DeviceTensor",
     "EncodedTensor",
     "FormatError",
     "GpuUnavailableError",
+    "Header",
+    "TensorInfo",
     "decode",
+    "decode_tensor",
     "encode",
     "from_transport",
     "gpu_unavailable_reason",
     "inspect",
     "load_model",
     "parse",
+    "probe_cupy",
+    "read_header",
     "sha256",
     "sparse_matmul",
     "to_device",
     "to_transport",
     "transport_size",
 ]
+
+logger = logging.getLogger(__name__)
 
 _TORCH_NAMES = frozenset({"CompressedLinear", "CompressedConv2d", "load_model"})
 

@@ -6,25 +6,29 @@ CuPy and torch are imported lazily, only when a CUDA device or a torch tensor is
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 import numpy as np
 
+from crest import format as fmt
 from crest.exceptions import FormatError, GpuUnavailableError
-from crest.gpu import _codec, _cuda, _xp
-from crest.gpu._codec import EncodedTensor
+from crest.format import DEFAULT_MAX_OUTPUT_BYTES, EncodedTensor
+from crest.gpu import _cuda, _xp
 from crest.gpu._cuda import DeviceTensor
+from crest.gpu._probe import probe_cupy
 
 __all__ = ["DEVICES", "decode", "sparse_matmul", "to_device", "gpu_unavailable_reason"]
 
+logger = logging.getLogger(__name__)
+
 DEVICES = ("cpu", "numpy", "cuda", "torch:cuda", "auto")
 _FLOATS = frozenset({"float16", "float32", "float64"})
-_DEFAULT_MAX_OUTPUT = 8 * 2**30
 
 
 def gpu_unavailable_reason() -> str | None:
     """Why ``device="cuda"`` cannot run here (no CuPy, no device), or None when it can."""
-    return _cuda.unavailable_reason()
+    return probe_cupy().reason
 
 
 def _split_device(device: str) -> tuple[str, int | None]:
@@ -69,7 +73,7 @@ def decode(
     blob: bytes | bytearray | memoryview,
     *,
     device: str = "cpu",
-    max_output_bytes: int = _DEFAULT_MAX_OUTPUT,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     dtype: Any = None,
 ) -> dict[str, Any]:
     """Decode a crest file on the CPU (NumPy reference) or a CUDA GPU (CuPy kernels).
@@ -100,9 +104,12 @@ def decode(
     kind, index = _split_device(device)
     out_dtype = _out_dtype(dtype)
     if kind == "auto":
-        kind = "cuda" if _cuda.unavailable_reason() is None else "cpu"
+        reason = gpu_unavailable_reason()
+        kind = "cuda" if reason is None else "cpu"
+        if reason is not None:
+            logger.debug("device='auto' decodes with NumPy: %s", reason)
     if kind in ("cpu", "numpy"):
-        arrays = _codec.decode(blob, max_output_bytes=max_output_bytes)
+        arrays = fmt.decode(blob, max_output_bytes=max_output_bytes)
         if out_dtype is not None:
             arrays = {k: _convert_np(v, out_dtype) for k, v in arrays.items()}
         return arrays
@@ -112,7 +119,7 @@ def decode(
         raise TypeError(f"max_output_bytes must be an int, got {type(max_output_bytes).__name__}")
     if max_output_bytes < 0:
         raise ValueError(f"max_output_bytes must be >= 0, got {max_output_bytes}")
-    tensors = _codec.parse(blob)
+    tensors = fmt.parse(blob)
     total = sum(t.nbytes for t in tensors)
     if total > max_output_bytes:
         raise FormatError(

@@ -1,13 +1,13 @@
 """CuPy backend: device-resident tensors and launches of the kernels in ``kernels.cu``.
 
-CuPy is imported lazily (:func:`cupy_module`), so this module imports without it.
-Nothing here validates a file: tensors come from :func:`crest.gpu.parse`, which has
-checked every entry, code and chunk base already.
+CuPy is imported lazily (:func:`cupy_module`, through :func:`crest.gpu._probe.probe_cupy`),
+so this module imports without it. Nothing here validates a file: tensors come from
+:func:`crest.format.parse`, which has checked every entry, code and chunk base already.
 """
 
 from __future__ import annotations
 
-import importlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from crest.exceptions import FormatError, GpuUnavailableError
+from crest.format import DEFAULT_CHUNK_ENTRIES, EncodedTensor
 from crest.gpu import _xp
-from crest.gpu._codec import EncodedTensor
+from crest.gpu._probe import probe_cupy
 
 __all__ = [
-    "INSTALL_HINT",
     "KERNEL_NAMES",
     "KERNEL_SOURCE",
     "NVRTC_OPTIONS",
@@ -35,10 +35,10 @@ __all__ = [
     "spmv_launch",
     "stored_form",
     "to_device",
-    "unavailable_reason",
 ]
 
-INSTALL_HINT = "CuPy is not installed (pip install 'crest-sweep[gpu]')"
+logger = logging.getLogger(__name__)
+
 KERNEL_SOURCE = Path(__file__).with_name("kernels.cu")
 KERNEL_NAMES = (
     "crest_decode_u8",
@@ -51,22 +51,10 @@ KERNEL_NAMES = (
 NVRTC_OPTIONS = ("--std=c++17",)  # what cupy.RawModule hands NVRTC besides its own options
 _SCRATCH = 256  # bytes of block-scan scratch before the staging area (CREST_SCRATCH_BYTES)
 _FILL_THREADS = 256
-
-
-def _import_cupy() -> Any:
-    try:
-        return importlib.import_module("cupy")
-    except ImportError as exc:
-        raise GpuUnavailableError(f"{INSTALL_HINT}: {exc}") from exc
-
-
-def unavailable_reason() -> str | None:
-    """Why the CUDA path cannot run here, or None when CuPy sees a device."""
-    try:
-        cupy_module()
-    except GpuUnavailableError as exc:
-        return str(exc)
-    return None
+_FILL_MAX_BLOCKS_X = 1024  # blocks per region of the fill launch, at most
+_FILL_BYTES_PER_THREAD = 4 * 16  # bytes of the longest region per fill thread before a block is added
+_MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
+_DEFAULT_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block gets without opting in
 
 
 def cupy_module() -> Any:
@@ -75,14 +63,10 @@ def cupy_module() -> Any:
     Raises:
         GpuUnavailableError: CuPy is not installed, sees no device, or fails to probe one.
     """
-    cp = _import_cupy()
-    try:
-        ok = bool(cp.is_available())
-    except Exception as exc:  # a broken driver raises from the probe itself
-        raise GpuUnavailableError(f"CuPy cannot use a device ({type(exc).__name__}: {exc})") from exc
-    if not ok:
-        raise GpuUnavailableError("CuPy sees no CUDA device")
-    return cp
+    probe = probe_cupy()
+    if probe.reason is not None:
+        raise GpuUnavailableError(probe.reason)
+    return probe.module
 
 
 @dataclass
@@ -102,9 +86,9 @@ def _kernels(cp: Any) -> _Kernels:
         return cached
     module = cp.RawModule(code=KERNEL_SOURCE.read_text(), options=NVRTC_OPTIONS)
     functions = {name: module.get_function(name) for name in KERNEL_NAMES}
-    optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+    optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", _DEFAULT_SHARED_BYTES))
     stage_cap = max(0, min(_xp.STAGE_CAP_BYTES, optin - _SCRATCH) // 16 * 16)
-    if _SCRATCH + stage_cap > 48 * 1024:
+    if _SCRATCH + stage_cap > _DEFAULT_SHARED_BYTES:
         for name in KERNEL_NAMES[:4]:
             functions[name].max_dynamic_shared_size_bytes = _SCRATCH + stage_cap
     kernels = _Kernels(functions, stage_cap)
@@ -143,7 +127,7 @@ class DeviceTensor:
     bounds: Any = None
     bounds_host: np.ndarray | None = None
     n_entries: int = 0
-    chunk_entries: int = 1024
+    chunk_entries: int = DEFAULT_CHUNK_ENTRIES
     index_bits: int = 1
     code_bits: int = 1
     codebook_host: np.ndarray | None = None
@@ -172,7 +156,7 @@ def stored_form(t: EncodedTensor, asarray: Callable[[np.ndarray], Any]) -> Devic
     """A parsed tensor's stored form as a :class:`DeviceTensor` of arrays made by ``asarray``.
 
     Args:
-        t: a tensor from :func:`crest.gpu.parse` (already validated).
+        t: a tensor from :func:`crest.format.parse` (already validated).
         asarray: copies a host array to where the kernels run: ``cupy.asarray`` on a GPU
             (:func:`to_device`); ``numpy.array`` for the CPU emulator in the tests.
 
@@ -198,7 +182,7 @@ def stored_form(t: EncodedTensor, asarray: Callable[[np.ndarray], Any]) -> Devic
         bounds=asarray(bounds),
         bounds_host=bounds,
         n_entries=int(t.n_entries or 0),
-        chunk_entries=int(t.chunk_entries or 1024),
+        chunk_entries=int(t.chunk_entries or DEFAULT_CHUNK_ENTRIES),
         index_bits=int(t.index_bits or 1),
         code_bits=int(t.code_bits or 1),
         codebook_host=host_cb,
@@ -209,7 +193,7 @@ def to_device(t: EncodedTensor | DeviceTensor) -> DeviceTensor:
     """Copy one parsed tensor's stored form to the current CUDA device.
 
     Args:
-        t: a tensor from :func:`crest.gpu.parse` (already validated), or a DeviceTensor
+        t: a tensor from :func:`crest.format.parse` (already validated), or a DeviceTensor
             (returned as is).
 
     Returns:
@@ -345,9 +329,9 @@ def decode_launches(
     n_big = int(plan.big.shape[0])
     if n_big:
         longest = int((plan.big_ends - plan.big_starts).max()) * isz
-        gx = min(1024, longest // (_FILL_THREADS * 16 * 4) + 1)
+        gx = min(_FILL_MAX_BLOCKS_X, longest // (_FILL_THREADS * _FILL_BYTES_PER_THREAD) + 1)
         launches.append(
-            Launch("crest_fill_regions", (gx, min(n_big, 65535)), (_FILL_THREADS,),
+            Launch("crest_fill_regions", (gx, min(n_big, _MAX_GRID_Y)), (_FILL_THREADS,),
                    fill_args(out, big_starts, big_ends, n_big, isz))
         )
     threads, _ = _xp.launch_shape(t.chunk_entries)

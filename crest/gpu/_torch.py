@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -17,14 +18,22 @@ from typing import Any
 import numpy as np
 
 from crest.exceptions import FormatError
-from crest.gpu import _codec, _cuda, _xp
-from crest.gpu._codec import EncodedTensor
+from crest.format import (
+    CHUNK_TABLE_COLUMNS,
+    DEFAULT_CHUNK_ENTRIES,
+    EncodedTensor,
+    decode_tensor,
+    parse,
+)
+from crest.gpu import _cuda, _xp
 from crest.gpu._cuda import DeviceTensor
 
 torch: Any = importlib.import_module("torch")
 _F: Any = importlib.import_module("torch.nn.functional")
 
 __all__ = ["CompressedLinear", "CompressedConv2d", "load_model"]
+
+logger = logging.getLogger(__name__)
 
 _FLOATS = frozenset({"float16", "float32", "float64"})
 _FUSED_MAX_BATCH = _xp.MAX_BATCH
@@ -50,8 +59,8 @@ def _cupy_stream(cp: Any, current: Any) -> Any:
     if from_external is not None:
         try:
             return from_external(current)
-        except Exception:  # this torch does not speak the CUDA stream protocol
-            pass
+        except Exception as exc:  # this torch does not speak the CUDA stream protocol
+            logger.debug("cupy.cuda.Stream.from_external failed (%s: %s); using ExternalStream", type(exc).__name__, exc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return cp.cuda.ExternalStream(int(current.cuda_stream), int(current.device.index))
@@ -73,12 +82,12 @@ class _CompressedBase(torch.nn.Module):  # type: ignore[misc]
         self.weight_encoding = weight.encoding
         self._cache: tuple[tuple[Any, ...], DeviceTensor] | None = None
         if weight.encoding == "dense":
-            self.register_buffer("weight_dense", torch.from_numpy(_codec._decode_one(weight)))
+            self.register_buffer("weight_dense", torch.from_numpy(decode_tensor(weight)))
         else:
             if weight.codebook is None or weight.index_stream is None or weight.code_stream is None:
                 raise FormatError(f"tensor {weight.name[:200]!r}: sparse sections missing")
             self.n_entries = int(weight.n_entries or 0)
-            self.chunk_entries = int(weight.chunk_entries or 1024)
+            self.chunk_entries = int(weight.chunk_entries or DEFAULT_CHUNK_ENTRIES)
             self.index_bits = int(weight.index_bits or 1)
             self.code_bits = int(weight.code_bits or 1)
             self._bounds_host = _xp.chunk_bounds(weight)
@@ -131,7 +140,7 @@ class _CompressedBase(torch.nn.Module):  # type: ignore[misc]
 
     def _host_encoded(self) -> EncodedTensor:
         cb = self.codebook.detach().cpu().numpy()
-        table = np.zeros((self._bounds_host.shape[0] - 1, 3), dtype=np.uint64)
+        table = np.zeros((self._bounds_host.shape[0] - 1, CHUNK_TABLE_COLUMNS), dtype=np.uint64)
         table[:, 0] = self._bounds_host[:-1]
         return EncodedTensor(
             name=self.weight_name,
@@ -162,7 +171,7 @@ class _CompressedBase(torch.nn.Module):  # type: ignore[misc]
         if device.type == "cuda":
             with _on_torch_stream(device):
                 return torch.from_dlpack(_cuda.decode_device(self._device_tensor()))
-        return torch.from_numpy(_codec._decode_one(self._host_encoded()))
+        return torch.from_numpy(decode_tensor(self._host_encoded()))
 
     def _bias(self, x: Any) -> Any:
         return None if self.bias is None else self.bias.to(x.dtype)
@@ -281,7 +290,7 @@ def load_model(blob: bytes | bytearray | memoryview, model: Any, *, strict: bool
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    tensors = {t.name: t for t in _codec.parse(blob)}
+    tensors = {t.name: t for t in parse(blob)}
     expected = set(model.state_dict().keys())
     consumed: set[str] = set()
     for name, module in list(model.named_modules()):
@@ -297,7 +306,7 @@ def load_model(blob: bytes | bytearray | memoryview, model: Any, *, strict: bool
         bias: Any = None
         if module.bias is not None:
             stored = tensors.get(f"{name}.bias")
-            bias = module.bias.detach().cpu() if stored is None else _codec._decode_one(stored)
+            bias = module.bias.detach().cpu() if stored is None else decode_tensor(stored)
             consumed.add(f"{name}.bias")
         if isinstance(module, torch.nn.Linear):
             new: Any = CompressedLinear(t, bias)
@@ -316,7 +325,7 @@ def load_model(blob: bytes | bytearray | memoryview, model: Any, *, strict: bool
                 raise FormatError(f"the file holds tensor {tname[:200]!r}, which the model does not have")
             continue
         target = state[tname]
-        arr = _codec._decode_one(t)
+        arr = decode_tensor(t)
         if tuple(arr.shape) != tuple(target.shape):
             raise FormatError(
                 f"{tname[:200]} has shape {list(arr.shape)} in the file but {list(target.shape)} in the model"

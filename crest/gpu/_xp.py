@@ -19,13 +19,14 @@ It also holds the host-side planning the CUDA path uses (:func:`chunk_bounds`,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from crest.exceptions import FormatError
-from crest.gpu._codec import EncodedTensor
+from crest.format import EncodedTensor
 
 __all__ = [
     "STAGE_CAP_BYTES",
@@ -39,6 +40,8 @@ __all__ = [
     "decode_sparse_xp",
     "sparse_matmul_xp",
 ]
+
+logger = logging.getLogger(__name__)
 
 STAGE_CAP_BYTES = 64 * 1024  # shared memory a block may use to stage its region (FACTS: 64 KB)
 MAX_BATCH = 16  # columns of x the fused product takes in one launch

@@ -11,6 +11,8 @@ from crest.exceptions import SweepError
 
 __all__ = ["connect", "disconnect"]
 
+logger = logging.getLogger(__name__)
+
 _LOCAL_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
@@ -55,6 +57,8 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
     except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError...
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise SweepError(f"cannot {where}: {e}") from e
+    logger.info("%s Ray: %s CPUs, %s GPUs", "started a local" if address is None else f"joined {address} with",
+                ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
     # Ray installs a SIGTERM handler that aborts the process; a caller's own handler
     # (the CLI's, which stops the sweep cleanly) must stay in charge
     if callable(previous_term) and threading.current_thread() is threading.main_thread():
@@ -68,3 +72,4 @@ def disconnect(started: bool) -> None:
         import ray
 
         ray.shutdown()
+        logger.info("stopped the local Ray")

@@ -8,6 +8,7 @@ on the NumPy path (round trip of the seeded tensors) and marked ``cpu``.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Any
@@ -15,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from crest import gpu
+from crest.gpu._probe import probe_cupy
 
 __all__ = ["check_node", "seeded_test_tensors", "gpu_probe"]
+
+logger = logging.getLogger(__name__)
 
 
 def seeded_test_tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -39,19 +43,18 @@ def seeded_test_tensors(seed: int = 0) -> dict[str, np.ndarray]:
 
 def gpu_probe() -> dict[str, Any]:
     """What GPU this process sees through CuPy: name, CUDA and CuPy versions, or why none."""
+    found = probe_cupy()
+    cp = found.module
+    info: dict[str, Any] = {"cupy_version": cp.__version__} if cp is not None else {}
+    if found.reason is not None:
+        return {**info, "available": False, "reason": found.reason}
     try:
-        import cupy
-    except ImportError:
-        return {"available": False, "reason": "CuPy is not installed"}
-    info: dict[str, Any] = {"cupy_version": cupy.__version__}
-    try:
-        if not cupy.is_available():
-            return {**info, "available": False, "reason": "CuPy sees no CUDA device"}
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"]
-        version = cupy.cuda.runtime.runtimeGetVersion()
-    except Exception as e:  # a broken driver raises from the probe itself
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        version = cp.cuda.runtime.runtimeGetVersion()
+    except Exception as e:  # a driver that broke after the probe
+        logger.warning("CuPy sees a device but cannot describe it: %s", e)
         return {**info, "available": False, "reason": f"CuPy cannot use the device: {type(e).__name__}: {e}"}
+    name = props["name"]
     return {
         **info,
         "available": True,
@@ -111,6 +114,7 @@ def check_node(artifacts: list[bytes], *, seed: int = 0, node_id: str | None = N
                         raise RuntimeError(f"CuPy decode of {what}, tensor '{name}', differs from NumPy")
         row["passed"] = True
     except Exception as e:  # the check reports every failure as a failed row
+        logger.debug("decoder check failed", exc_info=True)
         row["reason"] = f"{type(e).__name__}: {e}"[:1000]
     row["seconds"] = time.perf_counter() - start
     return row

@@ -1,18 +1,27 @@
-"""The worker pool: decoder checks per node, worker placement on nodes that passed."""
+"""The worker pool: decoder checks per node, worker placement on nodes that passed.
+
+The pool owns the Ray refs of its own work (node checks, workers loading the baseline)
+and turns each finished one into an event (:mod:`crest.orchestrator._events`); the
+driver's loop waits on them together with its trials and routes the events back.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crest.config import SweepConfig
+from crest.orchestrator._events import NodeChecked, PoolEvent, WorkerFailedToStart, WorkerStarted
 from crest.orchestrator._nodecheck import check_node
 from crest.orchestrator._worker import TrialWorker
 from crest.storage import Store
 from crest.tasks import TrialPlan
 
-__all__ = ["WorkerPool", "plan_placement"]
+__all__ = ["WorkerPool", "plan_placement", "short_error"]
+
+logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 300.0  # seconds a node's check may take before the node counts as failed
 
@@ -43,176 +52,238 @@ def plan_placement(
     return out
 
 
+def short_error(e: BaseException) -> str:
+    """One line (at most 500 characters) for a Ray error: its cause, else its last line."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:500]
+
+
+def _failed_check(node_id: str, reason: str, seconds: float) -> dict[str, Any]:
+    return {"node_id": node_id, "host": "?", "mode": "cpu", "passed": False, "reason": reason, "seconds": seconds}
+
+
 @dataclass
 class _Node:
-    node_id: str
     capacity: int
     passed: bool | None = None  # None while its check runs
 
 
-@dataclass
 class WorkerPool:
     """Ray actors running trials, only on nodes whose decoder check passed.
 
-    Plain bookkeeping around Ray calls; the driver owns the event loop and hands back the
-    refs that finished (:meth:`handle_check`, :meth:`handle_started`).
+    Args:
+        config: the sweep (workers, CPUs and GPUs per worker, workload, seed).
+        plan: the resolved stages, handed to every worker.
+        store: where node checks are recorded.
+        study_id: the study the checks belong to.
+        search_path: directories for importing a ``module:function`` workload.
     """
 
-    config: SweepConfig
-    plan: TrialPlan
-    store: Store
-    study_id: int
-    search_path: list[str]
-    nodes: dict[str, _Node] = field(default_factory=dict)
-    checking: dict[Any, tuple[str, float]] = field(default_factory=dict)  # check ref -> (node, t0)
-    ready: list[Any] = field(default_factory=list)
-    starting: dict[Any, Any] = field(default_factory=dict)  # load_baseline ref -> actor
-    where: dict[Any, str] = field(default_factory=dict)  # actor -> node id
-    info: dict[Any, dict[str, Any]] = field(default_factory=dict)  # actor -> node info
-    all: list[Any] = field(default_factory=list)
-    baseline: tuple[Any, float] | None = None
-    last_scan: float = 0.0
+    def __init__(
+        self, config: SweepConfig, plan: TrialPlan, store: Store, study_id: int, search_path: list[str]
+    ) -> None:
+        self._config = config
+        self._plan = plan
+        self._store = store
+        self._study_id = study_id
+        self._search_path = search_path
+        self._nodes: dict[str, _Node] = {}
+        self._checks: dict[Any, tuple[str, float]] = {}  # check ref -> (node id, start)
+        self._starting: dict[Any, Any] = {}  # load_baseline ref -> actor
+        self._idle: list[Any] = []
+        self._node_of: dict[Any, str] = {}  # live actor -> node id
+        self._where: dict[Any, dict[str, Any]] = {}  # started actor -> what it reported
+        self._started: list[Any] = []  # every actor ever started, for kill_all
+        self._baseline: tuple[Any, float] | None = None
+        self._last_scan = float("-inf")
 
     # nodes ------------------------------------------------------------------------------
 
     def _capacity(self, resources: dict[str, float]) -> int:
-        cpus = int(resources.get("CPU", 0) // self.config.ray.cpus_per_worker)
-        if self.config.ray.gpus_per_worker > 0:
-            cpus = min(cpus, int(resources.get("GPU", 0) // self.config.ray.gpus_per_worker))
-        return cpus
+        ray_opts = self._config.ray
+        slots = int(resources.get("CPU", 0) // ray_opts.cpus_per_worker)
+        if ray_opts.gpus_per_worker > 0:
+            slots = min(slots, int(resources.get("GPU", 0) // ray_opts.gpus_per_worker))
+        return slots
+
+    def scan_due(self, every: float) -> bool:
+        """True when the last scan for new nodes is more than ``every`` seconds old."""
+        return time.monotonic() - self._last_scan > every
 
     def scan_nodes(self, artifacts: list[bytes]) -> int:
         """Start a decoder check on every alive node not seen before; returns how many."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.last_scan = time.monotonic()
-        started = 0
+        self._last_scan = time.monotonic()
         alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
-        for node_id in list(self.nodes):
-            if node_id not in alive:
-                self.nodes.pop(node_id)
+        for node_id in [n for n in self._nodes if n not in alive]:
+            logger.warning("node %s left the cluster", node_id[:8])
+            del self._nodes[node_id]
+        started = 0
         for node_id, node in alive.items():
-            if node_id in self.nodes:
+            if node_id in self._nodes:
                 continue
-            self.nodes[node_id] = _Node(node_id, self._capacity(node.get("Resources", {})))
+            self._nodes[node_id] = _Node(self._capacity(node.get("Resources", {})))
             task = ray.remote(check_node).options(
                 num_cpus=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 max_retries=0,
             )
-            self.checking[task.remote(artifacts, seed=self.config.seed, node_id=node_id)] = (node_id, time.monotonic())
+            ref = task.remote(artifacts, seed=self._config.seed, node_id=node_id)
+            self._checks[ref] = (node_id, time.monotonic())
+            logger.info("decoder check started on node %s", node_id[:8])
             started += 1
         return started
 
-    def handle_check(self, ref: Any) -> dict[str, Any]:
-        """Record a finished check; a node that passed can take workers."""
-        import ray
+    def _settle_check(self, node_id: str, row: dict[str, Any]) -> NodeChecked:
+        self._store.record_node_check(self._study_id, row)
+        if node_id in self._nodes:
+            self._nodes[node_id].passed = bool(row["passed"])
+        if row["passed"]:
+            logger.info("node %s (%s) passed the decoder check (%s)", node_id[:8], row["host"], row["mode"])
+        else:
+            logger.warning("node %s (%s) failed the decoder check: %s", node_id[:8], row["host"], row["reason"])
+        return NodeChecked(row)
 
-        node_id, _ = self.checking.pop(ref)
-        try:
-            row = ray.get(ref)
-        except ray.exceptions.RayError as e:
-            row = {"node_id": node_id, "host": "?", "mode": "cpu", "passed": False,
-                   "reason": f"the check task failed: {str(e).strip().splitlines()[-1][:500]}", "seconds": 0.0}
-        self.store.record_node_check(self.study_id, row)
-        if node_id in self.nodes:
-            self.nodes[node_id].passed = bool(row["passed"])
-        return row
-
-    def expire_checks(self) -> list[dict[str, Any]]:
+    def expire_checks(self) -> list[NodeChecked]:
         """Fail checks that ran past CHECK_TIMEOUT (a hung node gets no workers)."""
-        rows = []
         now = time.monotonic()
-        for ref, (node_id, t0) in list(self.checking.items()):
-            if now - t0 > CHECK_TIMEOUT:
-                self.checking.pop(ref)
-                row = {"node_id": node_id, "host": "?", "mode": "cpu", "passed": False,
-                       "reason": f"no answer in {CHECK_TIMEOUT:.0f} s", "seconds": now - t0}
-                self.store.record_node_check(self.study_id, row)
-                if node_id in self.nodes:
-                    self.nodes[node_id].passed = False
-                rows.append(row)
-        return rows
+        late = [(ref, node_id, t0) for ref, (node_id, t0) in self._checks.items() if now - t0 > CHECK_TIMEOUT]
+        events = []
+        for ref, node_id, t0 in late:
+            del self._checks[ref]
+            events.append(self._settle_check(node_id, _failed_check(node_id, f"no answer in {CHECK_TIMEOUT:.0f} s", now - t0)))
+        return events
 
     def wait_for_checks(self) -> None:
         """Block until every running check has finished (or timed out)."""
         import ray
 
-        while self.checking:
-            done, _ = ray.wait(list(self.checking), num_returns=1, timeout=1.0)
+        while self._checks:
+            done, _ = ray.wait(list(self._checks), num_returns=1, timeout=1.0)
             for ref in done:
-                self.handle_check(ref)
+                self.handle(ref)
             self.expire_checks()
+
+    def checking(self) -> bool:
+        """True while a decoder check runs."""
+        return bool(self._checks)
 
     def passed_nodes(self) -> list[str]:
         """Nodes whose last check passed."""
-        return [n for n, node in self.nodes.items() if node.passed]
+        return [n for n, node in self._nodes.items() if node.passed]
 
     # workers ------------------------------------------------------------------------------
 
     def new_actor(self, node_id: str) -> Any:
-        """A worker actor pinned to ``node_id``."""
+        """A worker actor pinned to ``node_id`` (not yet holding the baseline)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        ray_opts = self._config.ray
         cls = ray.remote(TrialWorker).options(  # type: ignore[attr-defined]
-            num_cpus=self.config.ray.cpus_per_worker,
-            num_gpus=self.config.ray.gpus_per_worker,
+            num_cpus=ray_opts.cpus_per_worker,
+            num_gpus=ray_opts.gpus_per_worker,
             max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )
-        actor = cls.remote(self.config.workload, self.plan, self.search_path, max(1, int(self.config.ray.cpus_per_worker)))
-        self.where[actor] = node_id
-        self.all.append(actor)
+        actor = cls.remote(self._config.workload, self._plan, self._search_path, max(1, int(ray_opts.cpus_per_worker)))
+        self._node_of[actor] = node_id
+        self._started.append(actor)
         return actor
-
-    def live_count(self) -> int:
-        """Workers ready, busy or starting."""
-        return len(self.where)
 
     def placement(self, wanted: int) -> list[str]:
         """Passed nodes with room for ``wanted`` more workers (see :func:`plan_placement`)."""
         placed: dict[str, int] = {}
-        for node_id in self.where.values():
+        for node_id in self._node_of.values():
             placed[node_id] = placed.get(node_id, 0) + 1
-        capacity = {n: node.capacity for n, node in self.nodes.items() if node.passed}
+        capacity = {n: node.capacity for n, node in self._nodes.items() if node.passed}
         return plan_placement(capacity, placed, wanted)
+
+    def set_baseline(self, blob_ref: Any, accuracy: float) -> None:
+        """The baseline every worker loads: an object ref of its artifact, and its score."""
+        self._baseline = (blob_ref, accuracy)
+
+    def load(self, actor: Any) -> None:
+        """Have ``actor`` (from :meth:`new_actor`) load the baseline; it becomes idle when done."""
+        if self._baseline is None:
+            raise RuntimeError("set_baseline must be called before load")
+        self._starting[actor.load_baseline.remote(*self._baseline)] = actor
 
     def fill(self) -> int:
         """Start workers on passed nodes until the pool has ``workers`` (needs the baseline)."""
-        if self.baseline is None:
+        if self._baseline is None:
             return 0
-        targets = self.placement(self.config.workers - len(self.where))
-        ref, accuracy = self.baseline
+        targets = self.placement(self._config.workers - len(self._node_of))
         for node_id in targets:
-            actor = self.new_actor(node_id)
-            self.starting[actor.load_baseline.remote(ref, accuracy)] = actor
+            self.load(self.new_actor(node_id))
+        if targets:
+            logger.info("starting %d worker(s) on %s", len(targets), ", ".join(sorted({n[:8] for n in targets})))
         return len(targets)
 
-    def handle_started(self, ref: Any) -> Exception | None:
-        """A worker finished loading; returns the error when it failed to start."""
-        import ray
+    def take_idle(self) -> Any | None:
+        """An idle worker, now busy, or None."""
+        return self._idle.pop() if self._idle else None
 
-        actor = self.starting.pop(ref)
-        try:
-            self.info[actor] = ray.get(ref)
-        except ray.exceptions.RayError as e:
-            self.forget(actor)
-            return e
-        self.ready.append(actor)
-        return None
+    def release(self, actor: Any) -> None:
+        """A busy worker finished its work and is idle again."""
+        self._idle.append(actor)
 
-    def forget(self, actor: Any) -> None:
+    def lose(self, actor: Any) -> None:
         """Drop a dead worker from the books (its node may take a replacement)."""
-        self.where.pop(actor, None)
-        self.info.pop(actor, None)
-        if actor in self.ready:
-            self.ready.remove(actor)
+        logger.warning("worker on node %s died", self._node_of.get(actor, "?")[:8])
+        self._node_of.pop(actor, None)
+        self._where.pop(actor, None)
+        if actor in self._idle:
+            self._idle.remove(actor)
+
+    def where(self, actor: Any) -> dict[str, Any]:
+        """What a started worker reported: node id, host, pid ({} when unknown)."""
+        return self._where.get(actor, {})
+
+    def live_count(self) -> int:
+        """Workers idle, busy or starting."""
+        return len(self._node_of)
 
     def kill_all(self) -> None:
         """Stop every actor this pool started."""
         import ray
 
-        for actor in self.all:
+        for actor in self._started:
             ray.kill(actor, no_restart=True)
+
+    # events -------------------------------------------------------------------------------
+
+    def pending(self) -> list[Any]:
+        """Refs of the pool's own work in flight (checks, workers loading the baseline)."""
+        return [*self._checks, *self._starting]
+
+    def owns(self, ref: Any) -> bool:
+        """True when ``ref`` came from :meth:`pending`."""
+        return ref in self._checks or ref in self._starting
+
+    def handle(self, ref: Any) -> PoolEvent:
+        """Settle a finished ref of :meth:`pending`: record a check, or admit a started worker."""
+        import ray
+
+        if ref in self._checks:
+            node_id, _ = self._checks.pop(ref)
+            try:
+                row = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                row = _failed_check(node_id, f"the check task failed: {short_error(e)}", 0.0)
+            return self._settle_check(node_id, row)
+        actor = self._starting.pop(ref)
+        try:
+            self._where[actor] = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            logger.warning("a worker failed to start: %s", short_error(e))
+            self._node_of.pop(actor, None)
+            return WorkerFailedToStart(e)
+        self._idle.append(actor)
+        logger.debug("worker %s ready", self._where[actor])
+        return WorkerStarted(actor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -16,6 +17,8 @@ from crest.tasks import (
 )
 
 __all__ = ["TrialWorker"]
+
+logger = logging.getLogger(__name__)
 
 
 class TrialWorker:
@@ -44,8 +47,8 @@ class TrialWorker:
 
             if ray.is_initialized():
                 node_id = ray.get_runtime_context().get_node_id()
-        except ImportError:
-            pass
+        except ImportError:  # a worker used without Ray (in-process tests, the GPU script)
+            logger.debug("Ray is not installed: no node id")
         return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid()}
 
     def train_baseline(self, seed: int) -> tuple[bytes, float]:

@@ -7,7 +7,7 @@ upgrade-storage``) upgrade an older one; readers refuse it rather than alter it.
 
 from __future__ import annotations
 
-from crest.storage._engine import HEAD_REVISION, default_storage, parse_url
+from crest.storage._engine import HEAD_REVISION, parse_url
 from crest.storage._queries import max_drop_of, pareto_front, study_status, trial_state_counts
 from crest.storage._store import Store, StudyInfo, TrialRecord, lease_owner_id
 
@@ -17,7 +17,6 @@ __all__ = [
     "StudyInfo",
     "TrialRecord",
     "lease_owner_id",
-    "default_storage",
     "parse_url",
     "study_status",
     "trial_state_counts",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from crest.exceptions import StorageError
 
 __all__ = ["make_engine", "session_scope", "upgrade_schema", "schema_revision", "HEAD_REVISION", "parse_url"]
+
+logger = logging.getLogger(__name__)
 
 HEAD_REVISION = "0003"
 _ALEMBIC_DIR = Path(__file__).with_name("_alembic")
@@ -108,6 +110,7 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
         session.commit()
     except SQLAlchemyError as e:
+        logger.debug("rolling back a transaction: %s", _first_line(e))
         session.rollback()
         raise StorageError(f"database error: {_first_line(e)}") from e
     except BaseException:
@@ -143,7 +146,3 @@ def upgrade_schema(engine: Engine) -> None:
     except SQLAlchemyError as e:
         raise StorageError(f"cannot create crest's tables: {_first_line(e)}") from e
 
-
-def default_storage() -> str:
-    """``CREST_STORAGE`` or ``sqlite:///crest.db`` (in the working directory)."""
-    return os.environ.get("CREST_STORAGE") or "sqlite:///crest.db"

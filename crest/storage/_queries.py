@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from crest.storage._store import Store, StudyInfo, TrialRecord
@@ -25,8 +24,7 @@ def trial_state_counts(store: Store, study_name: str) -> dict[str, int]:
 
 def max_drop_of(info: StudyInfo) -> float:
     """The study's accuracy-drop constraint from its stored sweep."""
-    config = json.loads(info.config_json)
-    return float(config.get("constraints", {}).get("max_accuracy_drop", 0.01))
+    return info.config.constraints.max_accuracy_drop
 
 
 def study_status(store: Store, info: StudyInfo, *, lease_ttl: float) -> dict[str, Any]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from crest.config import SweepConfig, parse_sweep
 from crest.exceptions import FormatError, LeaseError, StorageError
 from crest.storage._engine import (
     HEAD_REVISION,
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["Store", "StudyInfo", "TrialRecord", "lease_owner_id"]
+
+logger = logging.getLogger(__name__)
 
 
 def _utcnow() -> datetime:
@@ -56,6 +61,7 @@ def _owner_is_dead_here(owner: str) -> bool:
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
+        logger.info("the lease holder %s ran on this host and has exited", owner)
         return True
     except PermissionError:
         return False
@@ -78,6 +84,11 @@ class StudyInfo:
     created_at: datetime
     lease_owner: str | None
     lease_heartbeat: datetime | None
+
+    @cached_property
+    def config(self) -> SweepConfig:
+        """The study's sweep as stored (parsed on first use; ConfigError when invalid)."""
+        return parse_sweep(json.loads(self.config_json), source=f"study '{self.name}'")
 
     def driver_alive(self, ttl: float) -> bool:
         """True when a driver holds the lease and its heartbeat is fresher than ``ttl`` s."""
@@ -211,6 +222,7 @@ class Store:
                     f"reading does not change it: run 'crest upgrade-storage --storage {shown}' once "
                     "(crest launch and crest resume also upgrade it)"
                 )
+            logger.info("upgrading crest's tables in %s from schema %s to %s", shown, revision, HEAD_REVISION)
             upgrade_schema(self.engine)
             self.upgraded_from = revision
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
@@ -266,25 +278,29 @@ class Store:
         with self.session() as s:
             return [_study_info(r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id))]
 
-    def create_study(self, name: str, *, sweep_yaml: str, config_json: str, workload: str, n_trials: int) -> StudyInfo:
-        """Insert a new study row."""
+    def create_study(self, config: SweepConfig, *, sweep_yaml: str) -> StudyInfo:
+        """Insert a new study row for ``config`` (named ``config.study``)."""
         with self.session() as s:
             row = StudyRow(
-                name=name,
+                name=config.study,
                 sweep_yaml=sweep_yaml,
-                config_json=config_json,
-                workload=workload,
-                n_trials=n_trials,
+                config_json=config.to_json(),
+                workload=config.workload,
+                n_trials=config.n_trials,
                 created_at=_utcnow(),
             )
             s.add(row)
             s.flush()
             return _study_info(row)
 
-    def update_study(self, study_id: int, **fields: Any) -> None:
-        """Set columns of a study row (n_trials, config_json, baseline fields...)."""
+    def update_config(self, study_id: int, config: SweepConfig) -> None:
+        """Store a changed sweep of the same search (trial count, workers) with the study."""
         with self.session() as s:
-            s.execute(update(StudyRow).where(StudyRow.id == study_id).values(**fields))
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study_id)
+                .values(n_trials=config.n_trials, config_json=config.to_json())
+            )
 
     def set_baseline(self, study_id: int, blob: bytes, *, accuracy: float, dense_bytes: int) -> str:
         """Store the baseline artifact and point the study at it; returns its SHA-256."""
@@ -359,10 +375,10 @@ class Store:
     def _put_artifact(s: Session, blob: bytes) -> str:
         sha = hashlib.sha256(blob).hexdigest()
         if s.get(ArtifactRow, sha) is None:
-            from crest.gpu import inspect as inspect_blob
+            from crest.format import read_header
 
             try:
-                version = int(inspect_blob(blob)["version"])
+                version = read_header(blob).version
             except FormatError as e:
                 raise StorageError(f"refusing to store a malformed artifact: {e}") from e
             s.add(
@@ -560,9 +576,3 @@ def _node_check_dict(row: NodeCheckRow) -> dict[str, Any]:
         "checked_at": _aware(row.checked_at).isoformat(),  # type: ignore[union-attr]
     }
 
-
-def lease_age(info: StudyInfo) -> timedelta | None:
-    """How long ago the study's driver last beat, or None."""
-    if info.lease_heartbeat is None:
-        return None
-    return _utcnow() - info.lease_heartbeat

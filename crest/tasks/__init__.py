@@ -31,12 +31,8 @@ from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights, kmeans_1d, share_weights
 from crest.tasks._sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, prunable_layers
 from crest.tasks._train import distill_loss, evaluate, train
-from crest.tasks._workload import (
-    Workload,
-    builtin_workloads,
-    get_workload,
-    register_workload,
-)
+from crest.tasks._resolve import builtin_workloads, get_workload, register_workload
+from crest.tasks._workload import Workload
 
 __all__ = [
     "DEFAULT_SPARSITIES",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from crest.tasks._data import digits, mnist_5k
-from crest.tasks._workload import Workload, register_workload
+from crest.tasks._workload import Workload
 
 
 class LeNet300(nn.Module):
@@ -136,7 +138,9 @@ def tiny_digits() -> Workload:
     )
 
 
-register_workload("lenet300-mnist", lenet300_mnist, lenet300_mnist.__doc__ or "")
-register_workload("lenet5-mnist", lenet5_mnist, lenet5_mnist.__doc__ or "")
-register_workload("vgg-mnist", vgg_mnist, vgg_mnist.__doc__ or "")
-register_workload("tiny-digits", tiny_digits, tiny_digits.__doc__ or "")
+BUILTINS: dict[str, Callable[[], Workload]] = {
+    "lenet300-mnist": lenet300_mnist,
+    "lenet5-mnist": lenet5_mnist,
+    "vgg-mnist": vgg_mnist,
+    "tiny-digits": tiny_digits,
+}

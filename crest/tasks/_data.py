@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from torch.utils.data import TensorDataset
 from crest.exceptions import WorkloadError
 
 __all__ = ["mnist_5k", "digits"]
+
+logger = logging.getLogger(__name__)
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -31,6 +34,7 @@ def _package_file(package: str, *parts: str) -> Path:
     path = Path(spec.origin).parent.joinpath(*parts)
     if not path.is_file():
         raise WorkloadError(f"{path} is missing from the installed '{package}' package")
+    logger.debug("reading built-in data from %s", path)
     return path
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crest.format import CHUNK_TABLE_COLUMNS, DEFAULT_CHUNK_ENTRIES
+
 __all__ = ["TensorPlan", "plan_tensor", "plan_encoding"]
 
 _MAX_BITS = 16
@@ -24,7 +26,7 @@ class TensorPlan:
 def _sparse_bytes(gaps: np.ndarray, index_bits: int, code_bits: int, n_codes: int, itemsize: int) -> int:
     fillers = int((gaps >> index_bits).sum()) if gaps.size else 0
     entries = gaps.size + fillers
-    chunk_table = 24 * -(-entries // 1024)
+    chunk_table = CHUNK_TABLE_COLUMNS * 8 * -(-entries // DEFAULT_CHUNK_ENTRIES)  # u64 columns per chunk
     return -(-entries * index_bits // 8) + -(-entries * code_bits // 8) + (n_codes + 1) * itemsize + chunk_table
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from crest import gpu
 from crest.exceptions import CrestError, WorkloadError
+from crest.format import DEFAULT_CHUNK_ENTRIES
 from crest.tasks._encode_plan import plan_encoding
 from crest.tasks._finetune import finetune_centroids
 from crest.tasks._lowrank import apply_structure, factorize_layer
@@ -37,7 +38,8 @@ from crest.tasks._plan import StagePlan, TrialPlan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights
 from crest.tasks._train import evaluate, train
-from crest.tasks._workload import Workload, get_workload
+from crest.tasks._resolve import get_workload
+from crest.tasks._workload import Workload
 
 __all__ = [
     "TrialOutcome",
@@ -50,6 +52,11 @@ __all__ = [
     "load_artifact",
     "prune_schedule",
 ]
+
+# offsets of a trial's seed for the stages that train after its prune rounds (round r
+# trains with seed + r), primes far above any round count so no two stages share a seed
+DSD_SEED_OFFSET = 7919
+FINETUNE_SEED_OFFSET = 104729
 
 
 @dataclass
@@ -158,7 +165,7 @@ def encode_state(
     *,
     code_bits: dict[str, int] | None = None,
     index_bits: int | str = "auto",
-    chunk_entries: int = 1024,
+    chunk_entries: int = DEFAULT_CHUNK_ENTRIES,
     metadata: dict[str, Any] | None = None,
 ) -> bytes:
     """Encode a state dict with the smallest exact per-tensor options.
@@ -332,7 +339,7 @@ class TrialRunner:
             named = dict(model.named_parameters())
             sparsity = {n: 1.0 - float(m.float().mean()) for n, m in state.masks.items()}
             # dense phase: no masks, pruned weights start at zero and may regrow
-            train(model, self.workload, epochs=dsd_epochs, lr=lr, seed=seed + 7919, **distill)
+            train(model, self.workload, epochs=dsd_epochs, lr=lr, seed=seed + DSD_SEED_OFFSET, **distill)
             state.masks = {}
             if not prune_follows:
                 with torch.no_grad():
@@ -391,7 +398,7 @@ class TrialRunner:
             lr_name = opts.get("finetune_lr")
             lr = float(params[lr_name]) if lr_name else self.workload.lr * _FINETUNE_LR_SCALE
             finetune_centroids(
-                state.model, self.workload, codebooks, epochs=ft_epochs, lr=lr, seed=seed + 104729,
+                state.model, self.workload, codebooks, epochs=ft_epochs, lr=lr, seed=seed + FINETUNE_SEED_OFFSET,
                 masks=state.masks,
             )
 

@@ -24,6 +24,7 @@ from crest.config import (
     match_layers,
 )
 from crest.exceptions import ConfigError
+from crest.format import DEFAULT_CHUNK_ENTRIES
 from crest.tasks._lowrank import factorised_param_names
 
 __all__ = ["ParamSpec", "StagePlan", "TrialPlan", "resolve_plan", "sensitivity_range"]
@@ -77,7 +78,7 @@ class TrialPlan:
     stages: tuple[StagePlan, ...]
     params: tuple[ParamSpec, ...]
     index_bits: int | str = "auto"
-    chunk_entries: int = 1024
+    chunk_entries: int = DEFAULT_CHUNK_ENTRIES
 
     def fixed_params(self) -> dict[str, float | int]:
         """Parameters whose value the sweep file fixes."""
@@ -101,9 +102,7 @@ def _option(params: list[ParamSpec], name: str, kind: str, value: Any) -> str:
     return name
 
 
-def _map_layers(
-    index: int, label: str, patterns: dict[str, Any], names: Sequence[str]
-) -> dict[str, tuple[str, Any]]:
+def _map_layers(index: int, patterns: dict[str, Any], names: Sequence[str]) -> dict[str, tuple[str, Any]]:
     mapped: dict[str, tuple[str, Any]] = {}
     for pattern, layer_cfg in patterns.items():
         hits = match_layers(pattern, list(names))
@@ -127,7 +126,7 @@ def _lowrank_layers(
             "(resolve_plan(..., shapes={name: shape}))"
         )
     eligible = [n for n in names if n.endswith(".weight") and len(shapes.get(n, ())) in (2, 4)]
-    mapped = _map_layers(index, "lowrank", stage.layers, names)
+    mapped = _map_layers(index, stage.layers, names)
     bad = [n for n in mapped if n not in eligible]
     if bad:
         raise ConfigError(
@@ -207,7 +206,7 @@ def resolve_plan(
     plans: list[StagePlan] = []
     params: list[ParamSpec] = []
     index_bits: int | str = "auto"
-    chunk_entries = 1024
+    chunk_entries = DEFAULT_CHUNK_ENTRIES
     for i, stage in enumerate(stages):
         counts[stage.type] = counts.get(stage.type, 0) + 1
         label = stage.type if counts[stage.type] == 1 else f"{stage.type}{counts[stage.type]}"
@@ -221,7 +220,7 @@ def resolve_plan(
             param_names = factorised_param_names(param_names, shapes or {}, list(layers))
             plans.append(StagePlan("lowrank", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, PruneStage):
-            for name, (pattern, cfg) in _map_layers(i, label, stage.layers, param_names).items():
+            for name, (pattern, cfg) in _map_layers(i, stage.layers, param_names).items():
                 rule = "quality" if cfg.quality is not None else "sparsity"
                 pname = f"{label}/{name}/{rule}"
                 if cfg.sparsity == "sensitivity":
@@ -231,7 +230,7 @@ def resolve_plan(
                 layers[name] = (rule, pname)
             plans.append(StagePlan("prune", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, QuantizeStage):
-            for name, (_, cfg) in _map_layers(i, label, stage.layers, param_names).items():
+            for name, (_, cfg) in _map_layers(i, stage.layers, param_names).items():
                 pname = f"{label}/{name}/bits"
                 params.append(_spec(pname, "int", cfg.bits))
                 layers[name] = ("bits", pname)

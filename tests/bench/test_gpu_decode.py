@@ -12,7 +12,7 @@ import pytest
 
 from crest.gpu import gpu_unavailable_reason
 from tests.bench._load import REPO, load_bench
-from tests.gpu.test_nvcc import NVRTC, _nvrtc_compile
+from tests.gpu._nvrtc import needs_nvrtc, nvrtc_compile
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,9 @@ def test_an_upper_bound_that_flatters_crest_leaves_the_budget_undetermined(bench
     assert bench.judge_budgets(rows)["decode within 1.3x of the fill floor"]["met"] is None
 
 
-@pytest.mark.skipif(NVRTC is None, reason="libnvrtc is not installed (pip install nvidia-cuda-nvrtc)")
+@needs_nvrtc
 def test_spin_kernel_compiles_with_nvrtc(bench: Any) -> None:
-    rc, log, cubin = _nvrtc_compile(bench.SPIN_SOURCE, ["-arch=sm_90", "--device-as-default-execution-space"])
+    rc, log, cubin = nvrtc_compile(bench.SPIN_SOURCE, ["-arch=sm_90", "--device-as-default-execution-space"])
     assert rc == 0, log
     assert b"crest_bench_spin\x00" in cubin
 

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import crest.gpu
-from crest.gpu import _cuda, decode, encode, parse, sparse_matmul, to_device
-from tests.gpu._corpus import bits, corpus, weight
-from tests.gpu.test_fuzz import BLOBS
+from crest.gpu import decode, encode, gpu_unavailable_reason, parse, sparse_matmul, to_device
+from tests.format._corpus import BLOBS, bits, corpus, weight
 
 pytestmark = pytest.mark.gpu
-_REASON = _cuda.unavailable_reason()
+_REASON = gpu_unavailable_reason()
 if _REASON is not None:  # also skip when collected without the repository's conftest hook
     pytestmark = [pytest.mark.gpu, pytest.mark.skip(reason=_REASON)]
 
@@ -182,9 +181,9 @@ def test_load_model_on_cuda() -> None:
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA build here")
     from crest.gpu import CompressedLinear, load_model
-    from tests.gpu.test_modules import Net, _net
+    from tests.gpu._nets import Net, compressed_net
 
-    net, blob = _net(3)
+    net, blob = compressed_net(3)
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         want = net(x)

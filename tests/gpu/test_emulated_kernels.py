@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 
 from crest.gpu import _cuda, _xp, decode, encode, parse
 from tests.gpu import _emulator
-from tests.gpu._corpus import bits, corpus, sparse_array, weight
-from tests.gpu.test_fuzz import BLOBS
+from tests.format._corpus import BLOBS, bits, corpus, sparse_array, weight
 
 _REASON = _emulator.unavailable_reason()
 needs_emulator = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
@@ -85,12 +84,14 @@ def _check(exe: Path, blob: bytes, work: Path, **kw: Any) -> int:
     return len(got)
 
 
+@pytest.mark.slow
 def test_decode_corpus_bit_exact(emu: Path, tmp_path: Path) -> None:
     """Every width, chunk size and dtype of the corpus, every output itemsize (1..8 bytes)."""
     checked = sum(_check(emu, blob, _work(tmp_path), seed=i) for i, (_, blob, _) in enumerate(CORPUS))
     assert checked >= 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage_cap", [0, 256, 4096])
 def test_decode_with_regions_too_big_to_stage(emu: Path, tmp_path: Path, stage_cap: int) -> None:
     """Small shared-memory budgets send most regions through crest_fill_regions + scatter."""
@@ -246,6 +247,7 @@ _MUTANTS = {
 }
 
 
+@pytest.mark.slow
 @needs_emulator
 @pytest.mark.parametrize("mutant", sorted(_MUTANTS))
 def test_emulator_catches_broken_kernels(tmp_path: Path, mutant: str) -> None:

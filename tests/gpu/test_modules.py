@@ -2,55 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
 from crest.exceptions import FormatError
 from crest.gpu import encode, parse
-from tests.gpu._corpus import weight
+from tests.format._corpus import weight
+from tests.gpu._nets import Net, compressed_net, quantize_  # skips this module without torch
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-
-
-def _quantize_(module: Any, rng: np.random.Generator, density: float) -> None:
-    """Give a layer a pruned, weight-shared weight (few distinct values)."""
-    with torch.no_grad():
-        w = weight(rng, module.weight.shape[0], int(np.prod(module.weight.shape[1:])), density)
-        module.weight.copy_(torch.from_numpy(w.reshape(module.weight.shape)))
-
-
-class Net(nn.Module):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False),
-        )
-        self.head = nn.Linear(8 * 4 * 4, 10)
-        self.out = nn.Linear(10, 5)
-
-    def forward(self, x: Any) -> Any:
-        return self.out(torch.relu(self.head(self.features(x).flatten(1))))
-
-
-def _net(seed: int = 0) -> tuple[Any, bytes]:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    net = Net().eval()
-    for m in (net.features[0], net.features[3], net.head, net.out):
-        _quantize_(m, rng, 0.3)
-    with torch.no_grad():
-        net.features[1].running_mean.uniform_(-0.5, 0.5)
-        net.features[1].running_var.uniform_(0.5, 1.5)
-    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-    overrides = {k: {"encoding": "dense"} for k in state if not k.endswith("weight") or "features.1" in k}
-    blob = encode(state, index_bits=4, code_bits=5, chunk_entries=32, overrides=overrides)
-    return net, blob
 
 
 def test_compressed_linear_matches_dense_on_cpu() -> None:
@@ -74,7 +35,7 @@ def test_compressed_conv2d_matches_dense_on_cpu() -> None:
 
     rng = np.random.default_rng(1)
     conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
-    _quantize_(conv, rng, 0.4)
+    quantize_(conv, rng, 0.4)
     enc = parse(encode({"w": conv.weight.detach().numpy()}))[0]
     layer = CompressedConv2d.from_conv(conv, enc, conv.bias.detach())
     x = torch.randn(2, 4, 9, 9)
@@ -110,7 +71,7 @@ def test_dense_stored_weight_works_too() -> None:
 def test_load_model_swaps_layers_and_loads_the_rest() -> None:
     from crest.gpu import CompressedConv2d, CompressedLinear, load_model
 
-    net, blob = _net()
+    net, blob = compressed_net()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         want = net(x)
@@ -128,7 +89,7 @@ def test_load_model_swaps_layers_and_loads_the_rest() -> None:
 def test_load_model_rejects_a_mismatched_model() -> None:
     from crest.gpu import load_model
 
-    _, blob = _net()
+    _, blob = compressed_net()
 
     class Wider(Net):
         def __init__(self) -> None:

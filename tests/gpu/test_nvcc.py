@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from crest.gpu import _cuda
+from tests.gpu._nvrtc import needs_nvrtc, nvrtc_compile
 
 SOURCE = _cuda.KERNEL_SOURCE
 NVCC = shutil.which("nvcc") or next(
@@ -98,59 +99,13 @@ def test_kernels_compile_for_older_architectures(tmp_path: Path) -> None:
     _nvcc(tmp_path, "cubin", arch="sm_75")
 
 
-def _nvrtc_library() -> Path | None:
-    """libnvrtc from the nvidia-cuda-nvrtc wheel (test extra) or the system, else None."""
-    import ctypes.util
-    import importlib.util
-
-    spec = importlib.util.find_spec("nvidia")
-    roots = (spec.submodule_search_locations or []) if spec is not None else []
-    for root in roots:
-        for pattern in ("cu*/lib/libnvrtc.so.*", "cuda_nvrtc/lib/libnvrtc.so.*"):
-            for lib in sorted(Path(root).glob(pattern)):
-                if "builtins" not in lib.name and ".alt." not in lib.name:
-                    return lib
-    found = ctypes.util.find_library("nvrtc")
-    return Path(found) if found else None
-
-
-NVRTC = _nvrtc_library()
-
-
-def _nvrtc_compile(source: str, options: list[str]) -> tuple[int, str, bytes]:
-    """(result code, log, cubin) of NVRTC, the compiler CuPy's RawModule uses at run time."""
-    import ctypes
-
-    assert NVRTC is not None
-    for builtins in sorted(NVRTC.parent.glob("libnvrtc-builtins.so.*")):  # dlopen'ed by NVRTC
-        if ".alt." not in builtins.name:
-            ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
-    lib = ctypes.CDLL(str(NVRTC))
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernels.cu", 0, None, None) == 0
-    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
-    rc = lib.nvrtcCompileProgram(prog, len(options), opts)
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    cubin = b""
-    if rc == 0:
-        lib.nvrtcGetCUBINSize(prog, ctypes.byref(size))
-        buf = ctypes.create_string_buffer(size.value)
-        assert lib.nvrtcGetCUBIN(prog, buf) == 0
-        cubin = buf.raw
-    lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return rc, log.value.decode(errors="replace"), cubin
-
-
-@pytest.mark.skipif(NVRTC is None, reason="libnvrtc is not installed (pip install nvidia-cuda-nvrtc)")
+@needs_nvrtc
 @pytest.mark.parametrize("arch", ["sm_90", "sm_75"])
 def test_kernels_compile_with_nvrtc_as_cupy_compiles_them(arch: str) -> None:
     """The options are those ``crest.gpu._cuda`` passes to ``cupy.RawModule`` plus the ones
     CuPy adds itself (the target and ``--device-as-default-execution-space``)."""
     options = [*_cuda.NVRTC_OPTIONS, f"-arch={arch}", "--device-as-default-execution-space"]
-    rc, log, cubin = _nvrtc_compile(SOURCE.read_text(), options)
+    rc, log, cubin = nvrtc_compile(SOURCE.read_text(), options)
     assert rc == 0, log
     assert "warning" not in log.lower(), log
     for name in _cuda.KERNEL_NAMES:

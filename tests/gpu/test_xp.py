@@ -8,10 +8,7 @@ NumPy path of ``sparse_matmul`` and the device argument of ``decode`` (CPU only)
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,11 +19,11 @@ from hypothesis.extra import numpy as hnp
 
 import crest.gpu
 from crest.exceptions import GpuUnavailableError
-from crest.gpu import _bits, _cuda, _xp, decode, encode, parse, sparse_matmul
-from tests.gpu._corpus import bits, corpus, sparse_array, weight
-from tests.gpu.test_fuzz import BLOBS
+from crest.format import _bits
+from crest.gpu import _probe, _xp, decode, encode, parse, sparse_matmul
+from tests.format._corpus import BLOBS, bits, corpus, sparse_array, weight
+from tests.format._isolation import run_blocked
 
-REPO = Path(__file__).resolve().parents[2]
 CORPUS = corpus()
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -243,6 +240,14 @@ class _FakeCupy:
         return self.available
 
 
+@pytest.fixture
+def fresh_probe() -> Iterator[None]:
+    """The CuPy probe forgets its cached answer before and after the test."""
+    _probe.probe_cupy.cache_clear()
+    yield
+    _probe.probe_cupy.cache_clear()
+
+
 @pytest.mark.parametrize(
     "fake,needle",
     [
@@ -252,9 +257,9 @@ class _FakeCupy:
 )
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])
 def test_gpu_unavailable_error_names_the_reason(
-    monkeypatch: pytest.MonkeyPatch, fake: _FakeCupy, needle: str, device: str
+    monkeypatch: pytest.MonkeyPatch, fresh_probe: None, fake: _FakeCupy, needle: str, device: str
 ) -> None:
-    monkeypatch.setattr(_cuda, "_import_cupy", lambda: fake)
+    monkeypatch.setattr(_probe, "_import_cupy", lambda: fake)
     blob = encode({"w": np.array([0, 1.5, 0], np.float32)})
     with pytest.raises(GpuUnavailableError, match=needle):
         decode(blob, device=device)
@@ -266,15 +271,26 @@ def test_gpu_unavailable_error_names_the_reason(
     assert isinstance(decode(blob, device="auto")["w"], np.ndarray)
 
 
+def test_cupy_is_probed_once_per_process(monkeypatch: pytest.MonkeyPatch, fresh_probe: None) -> None:
+    imports: list[int] = []
+
+    def fake_import() -> _FakeCupy:
+        imports.append(1)
+        return _FakeCupy(False)
+
+    monkeypatch.setattr(_probe, "_import_cupy", fake_import)
+    blob = encode({"w": np.array([0, 1.5, 0], np.float32)})
+    for _ in range(3):
+        assert crest.gpu.gpu_unavailable_reason() == "CuPy sees no CUDA device"
+        assert isinstance(decode(blob, device="auto")["w"], np.ndarray)
+    probe = crest.gpu.probe_cupy()
+    assert isinstance(probe.module, _FakeCupy) and not probe.available
+    assert len(imports) == 1
+
+
 def test_gpu_unavailable_error_without_cupy() -> None:
-    script = textwrap.dedent(
+    out = run_blocked(
         """
-        import importlib.abc, sys
-        class Blocker(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "cupy":
-                    raise ImportError("cupy is blocked in this test")
-        sys.meta_path.insert(0, Blocker())
         import numpy as np
         from crest.gpu import decode, encode
         from crest.exceptions import GpuUnavailableError
@@ -286,13 +302,4 @@ def test_gpu_unavailable_error_without_cupy() -> None:
         assert isinstance(decode(blob, device="auto")["w"], np.ndarray)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "MSG CuPy is not installed (pip install 'crest-sweep[gpu]')" in proc.stdout
+    assert "MSG CuPy is not installed (pip install 'crest-sweep[gpu]')" in out

@@ -16,7 +16,7 @@ from crest.orchestrator import DriverOptions, Progress, SweepDriver
 from crest.storage import Store, trial_state_counts
 from crest.tasks import evaluate, get_workload, model_from_tensors
 
-from ..conftest import TINY_SWEEP
+from ..helpers import TINY_SWEEP
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -69,6 +69,7 @@ def test_sweep_records_every_trial_and_its_decodable_artifact(storage_url: str) 
         store.close()
 
 
+@pytest.mark.slow
 def test_launch_again_extends_and_never_reruns(sqlite_url: str) -> None:
     _run(sqlite_url)
     store = Store(sqlite_url, create=False)
@@ -131,6 +132,7 @@ def _orphans_then_run_to_three(url: str, k: int) -> list[tuple[optuna.Trial, dic
     return orphans
 
 
+@pytest.mark.slow
 def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: str) -> None:
     [(orphan, params)] = _orphans_then_run_to_three(sqlite_url, 1)
     store = Store(sqlite_url, create=False)
@@ -148,6 +150,7 @@ def test_trials_left_running_by_a_dead_driver_are_failed_and_rerun(sqlite_url: s
         store.close()
 
 
+@pytest.mark.slow
 def test_no_retry_is_queued_beyond_the_trials_still_needed(sqlite_url: str) -> None:
     """Three trials were running when the driver died, one trial remains to run: one retry
     is queued and run, and nothing is left WAITING once the study is done."""
@@ -165,10 +168,11 @@ def test_no_retry_is_queued_beyond_the_trials_still_needed(sqlite_url: str) -> N
         store.close()
 
 
+@pytest.mark.slow
 def test_an_orphan_out_of_retries_does_not_crowd_out_another_s_retry(sqlite_url: str) -> None:
     """Two orphans, one trial to go: the first may be retried, the second (on its fifth
     attempt) may not; the first's parameters are the ones run again."""
-    from crest.orchestrator._driver import ATTEMPT_ATTR
+    from crest.orchestrator._ledger import ATTEMPT_ATTR
 
     _run(sqlite_url, n_trials=2)
     store = Store(sqlite_url, create=False)
@@ -198,6 +202,7 @@ def test_bad_workload_or_pattern_writes_nothing(tmp_path: Any) -> None:
     assert not (tmp_path / "never.db").exists()
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_sweep_stops_after_max_failures(sqlite_url: str, tmp_path: Any) -> None:
     module = tmp_path / "boom_wl.py"
     module.write_text(
@@ -236,6 +241,7 @@ def test_failing_trials_are_recorded_and_the_sweep_stops_after_max_failures(sqli
         store.close()
 
 
+@pytest.mark.slow
 def test_sensitivity_table_bounds_a_later_sweep(sqlite_url: str) -> None:
     stages = [
         {"type": "prune", "layers": {"fc1.weight": {"sparsity": "sensitivity"}, "fc2.weight": {"quality": 0.5}},

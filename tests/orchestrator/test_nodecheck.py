@@ -10,13 +10,14 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from crest import gpu
 from crest.orchestrator._nodecheck import check_node, gpu_probe, seeded_test_tensors
 from crest.orchestrator._pool import plan_placement
 
-from ..conftest import TINY_SWEEP
+from ..helpers import TINY_SWEEP
 
 
 def test_check_node_on_a_cpu_machine_passes_on_the_numpy_path() -> None:
@@ -81,6 +82,7 @@ CLUSTER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_three_node_cluster_gets_one_check_per_node_and_workers_only_where_they_fit(tmp_path: Path) -> None:
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "n_trials": 3}))
     (tmp_path / "cluster.py").write_text(CLUSTER_SCRIPT)

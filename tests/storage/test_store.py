@@ -14,9 +14,12 @@ import pytest
 from sqlalchemy import inspect, text
 
 from crest import gpu
+from crest.config import parse_sweep
 from crest.exceptions import LeaseError, StorageError
 from crest.storage import Store, lease_owner_id, study_status
 from crest.storage._engine import HEAD_REVISION
+
+from ..helpers import TINY_SWEEP, sqlite_revision
 
 
 def _blob(seed: int) -> bytes:
@@ -26,8 +29,8 @@ def _blob(seed: int) -> bytes:
 
 
 def _study(store: Store, name: str = "s1", n: int = 5):
-    return store.create_study(name, sweep_yaml="study: x\n", config_json='{"constraints": {"max_accuracy_drop": 0.02}}',
-                              workload="tiny-digits", n_trials=n)
+    config = parse_sweep({**TINY_SWEEP, "study": name, "n_trials": n, "constraints": {"max_accuracy_drop": 0.02}})
+    return store.create_study(config, sweep_yaml="study: x\n")
 
 
 def test_new_database_gets_crest_and_optuna_tables_side_by_side(storage_url: str) -> None:
@@ -189,14 +192,6 @@ def test_a_database_of_every_earlier_revision_upgrades_and_keeps_its_data(tmp_pa
             store.close()
 
 
-def _sqlite_revision(path: Path) -> str:
-    """crest's schema revision in a SQLite file, read with the standard library alone."""
-    import sqlite3
-
-    with sqlite3.connect(path) as conn:
-        return str(conn.execute("SELECT version_num FROM crest_alembic_version").fetchone()[0])
-
-
 def test_reading_a_database_of_an_earlier_revision_changes_nothing(tmp_path: Path) -> None:
     import shutil
 
@@ -205,7 +200,7 @@ def test_reading_a_database_of_an_earlier_revision_changes_nothing(tmp_path: Pat
         shutil.copy(original, path)
         with pytest.raises(StorageError, match="older than this crest.*crest upgrade-storage"):
             Store(f"sqlite:///{path}", create=False)
-        assert _sqlite_revision(path) == original.stem.removeprefix("crest-")
+        assert sqlite_revision(path) == original.stem.removeprefix("crest-")
         current = Store(f"sqlite:///{path}", create=True)  # writers upgrade
         current.close()
         assert current.upgraded_from == original.stem.removeprefix("crest-")

@@ -122,6 +122,7 @@ def test_later_stages_match_the_factorised_names() -> None:
         resolve_plan(bias, names, shapes=shapes)
 
 
+@pytest.mark.slow
 def test_crest_load_of_a_lowrank_artifact_gives_the_recorded_accuracy() -> None:
     torch.set_num_threads(2)
     wl = get_workload("tiny-digits")

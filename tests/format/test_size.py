@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crest.gpu import decode, encode, inspect, parse
+from crest.format import decode, encode, inspect, parse
 
 
 def test_fc6_layer_size_and_roundtrip() -> None:

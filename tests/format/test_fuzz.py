@@ -16,42 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crest.gpu import FormatError, decode, encode, inspect, parse
+from crest.format import FormatError, decode, encode, inspect, parse, read_header
+from tests.format._corpus import BLOB, BLOBS, ORIGINAL, SMALL_BLOB, bits
 
 PREFIX = struct.Struct("<8sIIQ")
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    return a.reshape(-1).view(f"u{a.dtype.itemsize}")
-
-
-def _tensors() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    w = np.zeros((40, 50), np.float32)
-    nz = rng.random(w.shape) < 0.2
-    w[nz] = rng.choice(np.array([0.5, -0.25, np.nan, -0.0, 3.0], np.float32), nz.sum())
-    return {
-        "conv.weight": w,
-        "conv.bias": rng.standard_normal(7).astype(np.float32),  # dense
-        "mask": rng.random(30) < 0.5,
-        "steps": np.int64(12345),
-        "empty": np.zeros((0, 4), np.float16),
-    }
-
-
-ORIGINAL = _tensors()
-BLOB = encode(
-    ORIGINAL,
-    index_bits=3,
-    code_bits=3,
-    chunk_entries=32,
-    overrides={"mask": {"index_bits": 1, "code_bits": 1}, "conv.bias": {"encoding": "dense"}},
-    metadata={"model": "tiny", "layers": [1, 2, {"k": None}]},
-)
-SMALL = {"x": np.array([0, 0, 7, 0, 0, 0, 0, 0, 0, 9, 7, 0], np.int16)}
-SMALL_BLOB = encode(SMALL, index_bits=2, code_bits=2, chunk_entries=32)
-BLOBS = {"model": (BLOB, ORIGINAL), "small": (SMALL_BLOB, SMALL)}
 
 
 def split(blob: bytes) -> tuple[dict[str, Any], bytes]:
@@ -108,6 +76,8 @@ def check(blob: bytes, original: dict[str, np.ndarray] | None) -> bool:
             rejected.append(True)
             continue
         rejected.append(False)
+        if fn is parse:  # an accepted file's header reads alike on its own
+            assert [t.name for t in read_header(blob).tensors] == [t.name for t in result]
         if fn is decode and original is None:
             declared = inspect(blob)["tensors"]
             assert [t["name"] for t in declared] == list(result)
@@ -117,7 +87,7 @@ def check(blob: bytes, original: dict[str, np.ndarray] | None) -> bool:
             assert list(result) == list(original)
             for k, v in original.items():
                 assert result[k].shape == np.shape(v) and result[k].dtype == np.asarray(v).dtype
-                assert np.array_equal(_bits(result[k]), _bits(np.asarray(v)))
+                assert np.array_equal(bits(result[k]), bits(np.asarray(v)))
     assert len(set(rejected)) == 1, f"readers disagree: decode/inspect/parse rejected {rejected}"
     return rejected[0]
 
@@ -446,7 +416,7 @@ def test_huge_declared_output_needs_max_output_bytes() -> None:
     ],
 )
 def test_bad_prefix_and_json(label: str, blob: bytes) -> None:
-    for fn in (decode, inspect, parse):
+    for fn in (decode, inspect, parse, read_header):
         with pytest.raises(FormatError):
             fn(blob)
 

@@ -13,12 +13,13 @@ Layout (all integers little-endian; see docs/format.md)::
 
 This module knows the container only: it validates the prefix, parses the header JSON
 strictly (no NaN, no duplicate keys, bounded nesting), and checks each section's place,
-padding and CRC. What a tensor's fields mean is :mod:`crest.gpu._codec`'s business.
+padding and CRC. What a tensor's fields mean is :mod:`crest.format._header`'s business.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 import zlib
@@ -32,33 +33,48 @@ from crest.exceptions import FormatError
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "FORMAT_NAME",
     "ALIGN",
     "PREFIX_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_JSON_DEPTH",
+    "SECTION_KEYS",
     "SectionRef",
     "align",
-    "build",
-    "read",
-    "check_sections",
-    "json_depth",
     "as_bytes",
+    "as_byte_view",
+    "build",
+    "check_sections",
+    "head",
+    "json_depth",
+    "raw_header",
+    "read",
+    "read_header_json",
 ]
+
+logger = logging.getLogger(__name__)
 
 MAGIC = b"\x89CREST\r\n"
 FORMAT_VERSION = 1
+FORMAT_NAME = "crest"  # the header's "format" field
 ALIGN = 64
+# magic, format version, CRC-32 of the header JSON, header length N
 _PREFIX = struct.Struct("<8sIIQ")
 PREFIX_BYTES = _PREFIX.size  # 24
 MAX_HEADER_BYTES = 64 * 2**20
 MAX_JSON_DEPTH = 64
-_SECTION_KEYS = frozenset({"offset", "length", "crc32"})
+_CRC_MAX = 2**32 - 1
+SECTION_KEYS = frozenset({"offset", "length", "crc32"})
 _TOP_KEYS = frozenset({"format", "version", "metadata", "tensors"})
 
 
 def align(n: int) -> int:
     """Round ``n`` (bytes, >= 0) up to a multiple of :data:`ALIGN` (64)."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _not_bytes(blob: object) -> TypeError:
+    return TypeError(f"blob must be bytes, bytearray or memoryview, got {type(blob).__name__}")
 
 
 def as_bytes(blob: object) -> bytes:
@@ -71,7 +87,21 @@ def as_bytes(blob: object) -> bytes:
         return blob
     if isinstance(blob, (bytearray, memoryview)):
         return bytes(blob)
-    raise TypeError(f"blob must be bytes, bytearray or memoryview, got {type(blob).__name__}")
+    raise _not_bytes(blob)
+
+
+def as_byte_view(blob: object) -> bytes | memoryview:
+    """``blob`` as flat bytes without copying it: bytes as is, else a 1-D byte memoryview.
+
+    Raises:
+        TypeError: ``blob`` is not bytes, bytearray or memoryview.
+    """
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, (bytearray, memoryview)):
+        view = memoryview(blob)
+        return view.cast("B") if view.c_contiguous else bytes(view)
+    raise _not_bytes(blob)
 
 
 def json_depth(obj: Any) -> int:
@@ -138,9 +168,14 @@ def build(header: dict[str, Any], tensor_sections: Sequence[Sequence[tuple[str, 
         raise ValueError(f"the header (names or metadata) is not valid JSON: {exc}") from exc
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ValueError(f"the header is {len(header_bytes)} bytes; the limit is {MAX_HEADER_BYTES}")
+    return b"".join([head(header_bytes), *parts])  # type: ignore[list-item]
+
+
+def head(header_bytes: bytes) -> bytes:
+    """Everything before the data area: the prefix, the header JSON bytes, zero padding to 64."""
     head_end = PREFIX_BYTES + len(header_bytes)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, zlib.crc32(header_bytes), len(header_bytes))
-    return b"".join([prefix, header_bytes, bytes(align(head_end) - head_end), *parts])  # type: ignore[list-item]
+    return prefix + header_bytes + bytes(align(head_end) - head_end)
 
 
 def _reject_constant(token: str) -> Any:
@@ -163,20 +198,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read(blob: bytes) -> tuple[dict[str, Any], np.ndarray]:
-    """Validate a file's prefix and header and return them.
-
-    Args:
-        blob: the whole file.
+def _prefix(blob: bytes | memoryview) -> tuple[int, bytes, int]:
+    """Check the fixed prefix and the header's length and CRC-32.
 
     Returns:
-        ``(header, data)``: the parsed header dict (top-level keys checked; ``tensors``
-        is a list, ``metadata`` a dict) and the data area as a read-only uint8 array.
-
-    Raises:
-        FormatError: wrong magic, unsupported version, truncated prefix or header, header
-            CRC mismatch, bad UTF-8 or JSON, nesting deeper than 64, bad top-level keys,
-            or non-zero padding before the data area.
+        ``(version, header JSON bytes, header end offset)``.
     """
     size = len(blob)
     if size < PREFIX_BYTES:
@@ -195,14 +221,14 @@ def read(blob: bytes) -> tuple[dict[str, Any], np.ndarray]:
     head_end = PREFIX_BYTES + header_len
     if head_end > size:
         raise FormatError(f"truncated file: header length {header_len} runs past the end ({size} bytes)")
-    header_bytes = blob[PREFIX_BYTES:head_end]
+    header_bytes = bytes(blob[PREFIX_BYTES:head_end])
     if zlib.crc32(header_bytes) != header_crc:
         raise FormatError("header CRC-32 mismatch: the header is corrupt")
-    data_start = align(head_end)
-    if data_start > size:
-        raise FormatError(f"truncated file: the data area starts at {data_start}, file is {size} bytes")
-    if any(blob[head_end:data_start]):
-        raise FormatError("non-zero bytes in the padding after the header")
+    return version, header_bytes, head_end
+
+
+def _parse_header(header_bytes: bytes, version: int) -> dict[str, Any]:
+    """Parse the header JSON strictly and check its top-level keys against the prefix."""
     try:
         header = json.loads(
             header_bytes.decode("utf-8"),
@@ -220,7 +246,7 @@ def read(blob: bytes) -> tuple[dict[str, Any], np.ndarray]:
     if keys != _TOP_KEYS:
         missing, extra = sorted(_TOP_KEYS - keys), sorted(keys - _TOP_KEYS)
         raise FormatError(f"header keys wrong: missing {missing}, unknown {[k[:80] for k in extra]}")
-    if header["format"] != "crest":
+    if header["format"] != FORMAT_NAME:
         raise FormatError(f"header field 'format' must be \"crest\", got {header['format']!r:.80}")
     if type(header["version"]) is not int or header["version"] != version:
         raise FormatError(
@@ -230,9 +256,60 @@ def read(blob: bytes) -> tuple[dict[str, Any], np.ndarray]:
         raise FormatError("header field 'metadata' must be an object")
     if not isinstance(header["tensors"], list):
         raise FormatError("header field 'tensors' must be a list")
+    return header
+
+
+def read(blob: bytes) -> tuple[dict[str, Any], np.ndarray]:
+    """Validate a file's prefix and header and return them.
+
+    Args:
+        blob: the whole file.
+
+    Returns:
+        ``(header, data)``: the parsed header dict (top-level keys checked; ``tensors``
+        is a list, ``metadata`` a dict) and the data area as a read-only uint8 array.
+
+    Raises:
+        FormatError: wrong magic, unsupported version, truncated prefix or header, header
+            CRC mismatch, bad UTF-8 or JSON, nesting deeper than 64, bad top-level keys,
+            or non-zero padding before the data area.
+    """
+    version, header_bytes, head_end = _prefix(blob)
+    data_start = align(head_end)
+    if data_start > len(blob):
+        raise FormatError(f"truncated file: the data area starts at {data_start}, file is {len(blob)} bytes")
+    if any(blob[head_end:data_start]):
+        raise FormatError("non-zero bytes in the padding after the header")
+    header = _parse_header(header_bytes, version)
     data = np.frombuffer(blob, dtype=np.uint8, offset=data_start)
     data.setflags(write=False)
     return header, data
+
+
+def read_header_json(blob: bytes | memoryview) -> dict[str, Any]:
+    """Validate the prefix and the header, and read nothing after the header.
+
+    Args:
+        blob: the file, or any prefix of it that holds the whole header.
+
+    Returns:
+        The parsed header dict, checked as by :func:`read` (the padding after it and the
+        data area are not looked at).
+
+    Raises:
+        FormatError: as :func:`read`, except for the padding and the data area.
+    """
+    version, header_bytes, _ = _prefix(blob)
+    return _parse_header(header_bytes, version)
+
+
+def raw_header(blob: bytes) -> bytes:
+    """The header JSON bytes of a file, after checking the prefix and the header CRC-32.
+
+    Raises:
+        FormatError: wrong magic or version, a truncated header, or a CRC mismatch.
+    """
+    return _prefix(blob)[1]
 
 
 class SectionRef:
@@ -288,11 +365,11 @@ def check_sections(
         for name, want_len in expected:
             where = f"{label}, section {name!r}"
             entry = field[name]
-            if not isinstance(entry, dict) or set(entry) != _SECTION_KEYS:
+            if not isinstance(entry, dict) or set(entry) != SECTION_KEYS:
                 raise FormatError(f"{where}: must be an object with keys offset, length, crc32")
             offset = _uint_field(entry["offset"], where, "offset", size)
             length = _uint_field(entry["length"], where, "length", size)
-            crc = _uint_field(entry["crc32"], where, "crc32", 2**32 - 1)
+            crc = _uint_field(entry["crc32"], where, "crc32", _CRC_MAX)
             if length != want_len:
                 raise FormatError(f"{where}: length is {length} bytes, the header's fields imply {want_len}")
             if offset % ALIGN:

@@ -15,8 +15,8 @@ correct; see docs/format.md for the byte layout.
 
 from __future__ import annotations
 
-import math
 import hashlib
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,47 +24,39 @@ from typing import Any
 import numpy as np
 
 from crest.exceptions import FormatError
-from crest.gpu import _bits, _container
+from crest.format import _bits, _container
+from crest.format._header import (
+    CHUNK_TABLE_COLUMNS,
+    DEFAULT_CHUNK_ENTRIES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DTYPE_SET,
+    DTYPES,
+    MAX_CHUNK_ENTRIES,
+    MIN_CHUNK_ENTRIES,
+    TensorInfo,
+    check_entries,
+)
 
 __all__ = [
     "FORMAT_VERSION",
-    "DTYPES",
     "EncodedTensor",
     "encode",
     "decode",
+    "decode_tensor",
     "parse",
-    "inspect",
+    "parse_with_header",
     "sha256",
 ]
 
+logger = logging.getLogger(__name__)
+
 FORMAT_VERSION = _container.FORMAT_VERSION
 
-DTYPES: tuple[str, ...] = (
-    "bool",
-    "int8",
-    "uint8",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-)
-_DTYPE_SET = frozenset(DTYPES)
-_ENCODINGS = ("auto", "dense", "sparse")
+_AUTO = "auto"
+_ENCODING_CHOICES = (_AUTO, "dense", "sparse")
 _OVERRIDE_KEYS = frozenset({"index_bits", "code_bits", "encoding"})
-_DENSE_KEYS = frozenset({"name", "dtype", "shape", "encoding", "sections"})
-_SPARSE_KEYS = _DENSE_KEYS | {"index_bits", "code_bits", "n_entries", "n_codes", "chunk_entries"}
-_MAX_NDIM = 64
-_MAX_NUMEL = 2**62
-_MIN_CHUNK, _MAX_CHUNK = 32, 65536
-_CHUNK_ROW = 24  # bytes per chunk-table row: 3 x uint64
 _DECODE_BATCH = 1 << 20  # entries per vectorized decode step; a multiple of every chunk size
 _PREFIX_PROBE = 1 << 18  # nonzeros looked at first to reject a dense tensor early
-_DEFAULT_MAX_OUTPUT = 8 * 2**30
 
 
 def _bits_dtype(itemsize: int) -> np.dtype[Any]:
@@ -78,22 +70,15 @@ def _le(dtype: np.dtype[Any]) -> np.dtype[Any]:
 
 
 @dataclass(frozen=True, eq=False)
-class EncodedTensor:
+class EncodedTensor(TensorInfo):
     """A validated view of one stored tensor, without decoding it.
 
     Arrays are read-only views into the file (little-endian dtypes).
 
     Attributes:
-        name: the tensor's name.
-        dtype: its NumPy dtype (native byte order).
-        shape: its shape.
-        encoding: ``"dense"`` or ``"sparse"``.
+        name, dtype, shape, encoding, index_bits, code_bits, n_entries, n_codes,
+            chunk_entries: as in :class:`~crest.format.TensorInfo`.
         data: dense only: the values, shape ``shape``, dtype ``dtype`` (little-endian).
-        index_bits: sparse only: gap width in bits (1..16).
-        code_bits: sparse only: code width in bits (1..16).
-        n_entries: sparse only: number of entries, fillers included.
-        n_codes: sparse only: codebook length (1 + distinct nonzero values).
-        chunk_entries: sparse only: entries per chunk (power of two, 32..65536).
         codebook: sparse only: the codebook, shape ``[n_codes]``, ``codebook[0] == 0``.
         index_stream: sparse only: packed gaps, uint8, ``packed_nbytes(n_entries, index_bits)``.
         code_stream: sparse only: packed codes, uint8, ``packed_nbytes(n_entries, code_bits)``.
@@ -101,38 +86,20 @@ class EncodedTensor:
             bit offset, code-stream bit offset) of each chunk's first entry.
     """
 
-    name: str
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-    encoding: str
     data: np.ndarray | None = None
-    index_bits: int | None = None
-    code_bits: int | None = None
-    n_entries: int | None = None
-    n_codes: int | None = None
-    chunk_entries: int | None = None
     codebook: np.ndarray | None = None
     index_stream: np.ndarray | None = None
     code_stream: np.ndarray | None = None
     chunk_table: np.ndarray | None = None
 
-    @property
-    def numel(self) -> int:
-        """Number of elements (Python int)."""
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the decoded tensor."""
-        return self.numel * self.dtype.itemsize
+    # views of a file's bytes are not values: compare and hash by identity
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     @property
     def n_chunks(self) -> int:
         """Rows of the chunk table (0 for dense)."""
         return 0 if self.chunk_table is None else int(self.chunk_table.shape[0])
-
-
-# --------------------------------------------------------------------------- encoder
 
 
 def _check_width(value: Any, argument: str) -> int:
@@ -152,7 +119,7 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as exc:  # torch raises RuntimeError for grad tensors, TypeError for bf16
         raise TypeError(f"tensors[{name!r}] cannot be converted to a NumPy array: {exc}") from exc
-    if arr.dtype.fields is not None or arr.dtype.subdtype is not None or arr.dtype.name not in _DTYPE_SET:
+    if arr.dtype.fields is not None or arr.dtype.subdtype is not None or arr.dtype.name not in DTYPE_SET:
         raise TypeError(
             f"tensors[{name!r}] has dtype {arr.dtype}; supported: {', '.join(DTYPES)}"
         )
@@ -191,7 +158,7 @@ def _sparse_sections(
     gap_stream[last] = gaps & (span - 1)
     code_stream[last] = codes
     n_chunks = -(-n // chunk)
-    table = np.zeros((n_chunks, 3), dtype="<u8")
+    table = np.zeros((n_chunks, CHUNK_TABLE_COLUMNS), dtype="<u8")
     if n_chunks > 1:
         ends = np.cumsum(gap_stream.astype(np.int64) + 1)  # prev after each entry
         table[1:, 0] = ends[np.arange(1, n_chunks) * chunk - 1]
@@ -238,6 +205,11 @@ def _encode_one(
                 f"overrides[{name!r}]: encoding 'sparse' needs at most {(1 << code_bits) - 1} "
                 f"distinct nonzero values for code_bits={code_bits}; the tensor has more"
             )
+        if distinct is None:
+            logger.debug(
+                "tensor %r: more than %d distinct nonzero values for code_bits=%d; stored dense",
+                name, (1 << code_bits) - 1, code_bits,
+            )
     if distinct is None or nz is None:
         entry["encoding"] = "dense"
         return entry, [("data", bits.astype(_le(bits.dtype), copy=False))]
@@ -254,7 +226,7 @@ def encode(
     code_bits: int = 5,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     metadata: Mapping[str, Any] | None = None,
-    chunk_entries: int = 1024,
+    chunk_entries: int = DEFAULT_CHUNK_ENTRIES,
 ) -> bytes:
     """Encode named tensors into a crest file, bit-exactly.
 
@@ -288,8 +260,10 @@ def encode(
     code_bits = _check_width(code_bits, "code_bits")
     if type(chunk_entries) is not int:
         raise TypeError(f"chunk_entries must be an int, got {type(chunk_entries).__name__}")
-    if not (_MIN_CHUNK <= chunk_entries <= _MAX_CHUNK and chunk_entries & (chunk_entries - 1) == 0):
-        raise ValueError(f"chunk_entries must be a power of two in 32..65536, got {chunk_entries}")
+    if not (MIN_CHUNK_ENTRIES <= chunk_entries <= MAX_CHUNK_ENTRIES and chunk_entries & (chunk_entries - 1) == 0):
+        raise ValueError(
+            f"chunk_entries must be a power of two in {MIN_CHUNK_ENTRIES}..{MAX_CHUNK_ENTRIES}, got {chunk_entries}"
+        )
     overrides = {} if overrides is None else overrides
     if not isinstance(overrides, Mapping):
         raise TypeError(f"overrides must be a mapping, got {type(overrides).__name__}")
@@ -320,13 +294,13 @@ def encode(
             )
         ib = _check_width(opts.get("index_bits", index_bits), f"overrides[{name!r}]['index_bits']")
         cb = _check_width(opts.get("code_bits", code_bits), f"overrides[{name!r}]['code_bits']")
-        enc = opts.get("encoding", "auto")
-        if enc not in _ENCODINGS:
-            raise ValueError(f"overrides[{name!r}]['encoding'] must be one of {_ENCODINGS}, got {enc!r}")
+        enc = opts.get("encoding", _AUTO)
+        if enc not in _ENCODING_CHOICES:
+            raise ValueError(f"overrides[{name!r}]['encoding'] must be one of {_ENCODING_CHOICES}, got {enc!r}")
         entry, secs = _encode_one(name, value, ib, cb, enc, chunk_entries)
         entries.append(entry)
         sections.append(secs)
-    header = {"format": "crest", "version": FORMAT_VERSION, "metadata": meta, "tensors": entries}
+    header = {"format": _container.FORMAT_NAME, "version": FORMAT_VERSION, "metadata": meta, "tensors": entries}
     try:
         blob = _container.build(header, sections)
     except ValueError as exc:
@@ -337,81 +311,6 @@ def encode(
     except FormatError as exc:
         raise ValueError(f"metadata cannot be stored: {exc}") from exc
     return blob
-
-
-# --------------------------------------------------------------------------- reader
-
-
-def _int_field(entry: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
-    value = entry[key]
-    if type(value) is not int:
-        raise FormatError(f"{where}: field {key!r} must be an integer, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise FormatError(f"{where}: field {key!r} = {value} is out of range {lo}..{hi}")
-    return value
-
-
-def _check_entry(i: int, entry: Any) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    """Validate one header tensor entry; return its fields and expected section lengths."""
-    where = f"tensor #{i}"
-    if not isinstance(entry, dict):
-        raise FormatError(f"{where}: must be an object")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise FormatError(f"{where}: field 'name' must be a non-empty string")
-    where = f"tensor {name[:200]!r}"
-    encoding = entry.get("encoding")
-    if encoding not in ("dense", "sparse"):
-        raise FormatError(f"{where}: field 'encoding' must be \"dense\" or \"sparse\"")
-    want = _DENSE_KEYS if encoding == "dense" else _SPARSE_KEYS
-    if set(entry) != want:
-        missing = sorted(want - set(entry))
-        extra = sorted(str(k)[:80] for k in set(entry) - want)
-        raise FormatError(f"{where}: fields wrong for {encoding}: missing {missing}, unknown {extra}")
-    dtype_name = entry["dtype"]
-    if not isinstance(dtype_name, str) or dtype_name not in _DTYPE_SET:
-        raise FormatError(f"{where}: field 'dtype' is not one of {', '.join(DTYPES)}")
-    dtype = np.dtype(dtype_name)
-    shape = entry["shape"]
-    if not isinstance(shape, list) or len(shape) > _MAX_NDIM:
-        raise FormatError(f"{where}: field 'shape' must be a list of at most {_MAX_NDIM} integers")
-    numel = 1
-    span = dtype.itemsize  # product of the non-zero dimensions x itemsize (NumPy's size limit)
-    for d in shape:
-        if type(d) is not int or d < 0:
-            raise FormatError(f"{where}: field 'shape' holds {d!r:.40}, not a non-negative integer")
-        numel *= d
-        span *= max(d, 1)
-        if span > _MAX_NUMEL:
-            raise FormatError(
-                f"{where}: field 'shape' is too large (the product of its non-zero "
-                "dimensions times the itemsize exceeds 2**62)"
-            )
-    fields: dict[str, Any] = {
-        "name": name,
-        "where": where,
-        "dtype": dtype,
-        "shape": tuple(shape),
-        "numel": numel,
-        "encoding": encoding,
-        "sections": entry["sections"],
-    }
-    if encoding == "dense":
-        return fields, [("data", numel * dtype.itemsize)]
-    ib = _int_field(entry, "index_bits", where, 1, _bits.MAX_WIDTH)
-    cb = _int_field(entry, "code_bits", where, 1, _bits.MAX_WIDTH)
-    chunk = _int_field(entry, "chunk_entries", where, _MIN_CHUNK, _MAX_CHUNK)
-    if chunk & (chunk - 1):
-        raise FormatError(f"{where}: field 'chunk_entries' = {chunk} is not a power of two")
-    n = _int_field(entry, "n_entries", where, 0, numel)
-    n_codes = _int_field(entry, "n_codes", where, 1, 1 << cb)
-    fields.update(index_bits=ib, code_bits=cb, chunk_entries=chunk, n_entries=n, n_codes=n_codes)
-    return fields, [
-        ("codebook", n_codes * dtype.itemsize),
-        ("index", _bits.packed_nbytes(n, ib)),
-        ("code", _bits.packed_nbytes(n, cb)),
-        ("chunks", -(-n // chunk) * _CHUNK_ROW),
-    ]
 
 
 def _view(data: np.ndarray, ref: _container.SectionRef, dtype: Any) -> np.ndarray:
@@ -517,14 +416,23 @@ def _iter_entries(t: EncodedTensor, where: str) -> Iterator[tuple[np.ndarray, np
         yield pos, codes
 
 
-def _parse(blob: bytes, *, check_entries: bool) -> tuple[dict[str, Any], list[EncodedTensor]]:
+def parse_with_header(blob: bytes, *, walk_entries: bool = True) -> tuple[dict[str, Any], list[EncodedTensor]]:
+    """Validate a file and return its header dict and its tensors undecoded.
+
+    Args:
+        blob: the file bytes.
+        walk_entries: also check every sparse entry (its code, its position and the chunk
+            bases), as :func:`parse` does; :func:`decode` checks them while decoding.
+
+    Returns:
+        ``(header, tensors)``: the parsed header JSON and one :class:`EncodedTensor` per
+        tensor, in file order.
+
+    Raises:
+        FormatError: the file is malformed, truncated or fails a checksum.
+    """
     header, data = _container.read(blob)
-    checked = [_check_entry(i, e) for i, e in enumerate(header["tensors"])]
-    seen: set[str] = set()
-    for fields, _ in checked:
-        if fields["name"] in seen:
-            raise FormatError(f"duplicate tensor name {fields['name'][:200]!r}")
-        seen.add(fields["name"])
+    checked = check_entries(header["tensors"])
     refs = _container.check_sections(
         [(f["where"], f["sections"], expected) for f, expected in checked], data
     )
@@ -553,17 +461,28 @@ def _parse(blob: bytes, *, check_entries: bool) -> tuple[dict[str, Any], list[En
                 codebook=_view(data, sec["codebook"], _le(dtype)),
                 index_stream=_view(data, sec["index"], np.uint8),
                 code_stream=_view(data, sec["code"], np.uint8),
-                chunk_table=_view(data, sec["chunks"], np.dtype("<u8")).reshape(-1, 3),
+                chunk_table=_view(data, sec["chunks"], np.dtype("<u8")).reshape(-1, CHUNK_TABLE_COLUMNS),
             )
         _check_content(t, f["where"])
-        if check_entries and t.encoding == "sparse":
+        if walk_entries and t.encoding == "sparse":
             for _ in _iter_entries(t, f["where"]):
                 pass
         out.append(t)
     return header, out
 
 
-def _decode_one(t: EncodedTensor) -> np.ndarray:
+def decode_tensor(t: EncodedTensor) -> np.ndarray:
+    """Decode one tensor of :func:`parse` with the NumPy reference decoder.
+
+    Args:
+        t: the tensor (its entries are checked again while decoding).
+
+    Returns:
+        A writable array of ``t.shape`` and ``t.dtype`` (native byte order).
+
+    Raises:
+        FormatError: a missing section or an invalid entry.
+    """
     where = f"tensor {t.name[:200]!r}"
     bits_dtype = _bits_dtype(t.dtype.itemsize)
     if t.encoding == "dense":
@@ -583,7 +502,9 @@ def _check_blob(blob: object) -> bytes:
     return _container.as_bytes(blob)
 
 
-def decode(blob: bytes | bytearray | memoryview, *, max_output_bytes: int = _DEFAULT_MAX_OUTPUT) -> dict[str, np.ndarray]:
+def decode(
+    blob: bytes | bytearray | memoryview, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+) -> dict[str, np.ndarray]:
     """Decode a crest file with the NumPy reference decoder (the definition of correct).
 
     Args:
@@ -605,13 +526,13 @@ def decode(blob: bytes | bytearray | memoryview, *, max_output_bytes: int = _DEF
         raise TypeError(f"max_output_bytes must be an int, got {type(max_output_bytes).__name__}")
     if max_output_bytes < 0:
         raise ValueError(f"max_output_bytes must be >= 0, got {max_output_bytes}")
-    _, tensors = _parse(data, check_entries=False)
+    _, tensors = parse_with_header(data, walk_entries=False)
     total = sum(t.nbytes for t in tensors)
     if total > max_output_bytes:
         raise FormatError(
             f"the file declares {total} bytes of tensors, above max_output_bytes={max_output_bytes}"
         )
-    return {t.name: _decode_one(t) for t in tensors}
+    return {t.name: decode_tensor(t) for t in tensors}
 
 
 def parse(blob: bytes | bytearray | memoryview) -> list[EncodedTensor]:
@@ -630,7 +551,7 @@ def parse(blob: bytes | bytearray | memoryview) -> list[EncodedTensor]:
         FormatError: the file is malformed, truncated or fails a checksum.
         TypeError: ``blob`` is not bytes-like.
     """
-    return _parse(_check_blob(blob), check_entries=True)[1]
+    return parse_with_header(_check_blob(blob))[1]
 
 
 def sha256(blob: bytes | bytearray | memoryview) -> str:
@@ -638,37 +559,3 @@ def sha256(blob: bytes | bytearray | memoryview) -> str:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"blob must be bytes, bytearray or memoryview, got {type(blob).__name__}")
     return hashlib.sha256(blob).hexdigest()
-
-
-def inspect(blob: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """Validate a crest file fully and return its header as a JSON-able dict.
-
-    Args:
-        blob: the file bytes.
-
-    Returns:
-        The header (``format``, ``version``, ``metadata``, ``tensors``) plus ``sha256``
-        (the artifact id), ``file_bytes``, ``dense_bytes`` and ``stored_bytes`` (sums)
-        and ``transport_bytes`` (the exact length of ``to_transport(blob)``, the
-        Huffman-coded transport form, computed from symbol histograms); each tensor
-        entry gets ``n_chunks``, ``dense_bytes`` (decoded size) and ``stored_bytes``
-        (sum of its section lengths).
-
-    Raises:
-        FormatError: the file is malformed, truncated or fails a checksum.
-        TypeError: ``blob`` is not bytes-like.
-    """
-    data = _check_blob(blob)
-    header, tensors = _parse(data, check_entries=True)
-    for entry, t in zip(header["tensors"], tensors):
-        entry["n_chunks"] = t.n_chunks
-        entry["dense_bytes"] = t.nbytes
-        entry["stored_bytes"] = sum(s["length"] for s in entry["sections"].values())
-    header["sha256"] = sha256(data)
-    header["file_bytes"] = len(data)
-    header["dense_bytes"] = sum(t.nbytes for t in tensors)
-    header["stored_bytes"] = sum(e["stored_bytes"] for e in header["tensors"])
-    from crest.gpu import _huffman  # imports this module
-
-    header["transport_bytes"] = _huffman.transport_size_parsed(data, tensors)
-    return header

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import struct
 import zlib
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from crest.exceptions import FormatError
-from crest.gpu import _bits, _codec, _container
+from crest.format import _bits, _codec, _container
+from crest.format._codec import EncodedTensor
+from crest.format._header import CHUNK_ROW_BYTES, CHUNK_TABLE_COLUMNS, DEFAULT_MAX_OUTPUT_BYTES, check_entries
 
 __all__ = [
     "DEFAULT_BLOCK_LOG2",
@@ -42,30 +45,32 @@ __all__ = [
     "length_limit",
     "to_transport",
     "transport_size",
+    "transport_size_parsed",
 ]
+
+logger = logging.getLogger(__name__)
 
 TRANSPORT_MAGIC = b"\x89CRESTH\n"
 TRANSPORT_VERSION = 1
 MAX_CODE_LENGTH = 20
 DEFAULT_BLOCK_LOG2 = 10
 MIN_BLOCK_LOG2, MAX_BLOCK_LOG2 = 5, 16
-_DEFAULT_MAX_OUTPUT = 8 * 2**30
 
 # magic, version, CRC-32 of bytes 16.., SHA-256 of the original, original length,
 # header length N, deflated header length Z, log2 of the block size
 _PREFIX = struct.Struct("<8sII32sQIIB")
 PREFIX_BYTES = _PREFIX.size  # 65
-_CRC_FROM = 16
+_CRC_AT = 12  # offset of the CRC-32 field in the prefix
+_CRC_FROM = 16  # the CRC covers the file from here on
+_DEFLATE_LEVEL = 9
 
 MODE_STORED, MODE_CONSTANT, MODE_HUFFMAN_DENSE, MODE_HUFFMAN_SPARSE = 0, 1, 2, 3
 _LENGTH_FIELD_BITS = 5  # a code length in a dense table
 _BATCH = 1 << 20  # symbols per vectorised step when packing / rebuilding (multiple of 2**16)
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _SPARSE_ROW = np.dtype([("symbol", "<u2"), ("length", "u1")])
-
-
-# --------------------------------------------------------------------------- Huffman codes
 
 
 def length_limit(count: int) -> int:
@@ -219,9 +224,6 @@ def _decode_table(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return sym_table, len_table, top
 
 
-# --------------------------------------------------------------------------- bit helpers
-
-
 def _put_bits(words: np.ndarray, values: np.ndarray, lengths: np.ndarray, start_bit: int) -> int:
     """OR variable-length values LSB-first into ``words`` (uint64) from ``start_bit`` on.
 
@@ -268,9 +270,6 @@ def _fixed_bytes(values: np.ndarray, width: int) -> bytes:
     return words.view(np.uint8)[:nbytes].tobytes()
 
 
-# --------------------------------------------------------------------------- writer
-
-
 @dataclass
 class _StreamPlan:
     """How one stream is written and how many bytes its record takes."""
@@ -313,6 +312,7 @@ def _plan_stream(stream: np.ndarray, count: int, width: int, block: int) -> _Str
     used = np.flatnonzero(hist)
     if used.shape[0] == 1:
         head = bytes([MODE_CONSTANT]) + _U16.pack(int(used[0]))
+        logger.debug("stream of %d symbols: one symbol, stored as a constant", count)
         return _StreamPlan(MODE_CONSTANT, count, width, head, len(head))
     lengths = code_lengths(hist, length_limit(count))
     payload_bits = int(np.dot(hist, lengths.astype(np.int64)))
@@ -324,6 +324,7 @@ def _plan_stream(stream: np.ndarray, count: int, width: int, block: int) -> _Str
         head = _huffman_head(mode, lengths, payload_bits)
         if len(head) + tail < best.size:
             best = _StreamPlan(mode, count, width, head, len(head) + tail, lengths, payload_bits)
+    logger.debug("stream of %d symbols of %d bits: mode %d, %d bytes", count, width, best.mode, best.size)
     return best
 
 
@@ -356,16 +357,15 @@ def _plan(blob: bytes, tensors: list[Any], block_log2: int) -> tuple[bytes, list
     Pieces are raw byte views (dense data, codebooks) and stream plans.
     """
     block = 1 << block_log2
-    header_len = struct.unpack_from("<Q", blob, 16)[0]
-    header = blob[_container.PREFIX_BYTES : _container.PREFIX_BYTES + header_len]
-    zheader = zlib.compress(header, 9)
+    header = _container.raw_header(blob)
+    zheader = zlib.compress(header, _DEFLATE_LEVEL)
     prefix = _PREFIX.pack(
         TRANSPORT_MAGIC,
         TRANSPORT_VERSION,
         0,  # CRC, filled in by to_transport
         hashlib.sha256(blob).digest(),
         len(blob),
-        header_len,
+        len(header),
         len(zheader),
         block_log2,
     )
@@ -401,7 +401,7 @@ def _size_of(fixed: bytes, pieces: list[list[Any]]) -> int:
     return total
 
 
-def transport_size_parsed(blob: bytes, tensors: list[Any], *, block_log2: int = DEFAULT_BLOCK_LOG2) -> int:
+def transport_size_parsed(blob: bytes, tensors: list[EncodedTensor], *, block_log2: int = DEFAULT_BLOCK_LOG2) -> int:
     """:func:`transport_size` of a file already validated by ``parse`` (its tensors given)."""
     fixed, pieces = _plan(blob, tensors, _check_block_log2(block_log2))
     return _size_of(fixed, pieces)
@@ -457,11 +457,8 @@ def to_transport(blob: bytes | bytearray | memoryview, *, block_log2: int = DEFA
             else:
                 parts.append(_huffman_record(plan, stream, block))
     out = bytearray(b"".join(parts))
-    struct.pack_into("<I", out, 12, zlib.crc32(memoryview(out)[_CRC_FROM:]))
+    _U32.pack_into(out, _CRC_AT, zlib.crc32(memoryview(out)[_CRC_FROM:]))
     return bytes(out)
-
-
-# --------------------------------------------------------------------------- reader
 
 
 class _Cursor:
@@ -651,7 +648,7 @@ def _decode_huffman(data: bytes, streams: list[_Stream], block: int) -> None:
 
 def _layout(header: dict[str, Any], head_end: int) -> tuple[list[tuple[dict[str, Any], dict[str, int]]], int]:
     """Check every tensor entry and section placement; return fields, offsets, file length."""
-    checked = [_codec._check_entry(i, e) for i, e in enumerate(header["tensors"])]
+    checked = check_entries(header["tensors"])
     pos = 0
     out = []
     for fields, expected in checked:
@@ -662,7 +659,7 @@ def _layout(header: dict[str, Any], head_end: int) -> tuple[list[tuple[dict[str,
         offsets: dict[str, int] = {}
         for name, length in expected:
             entry = secs[name]
-            if not isinstance(entry, dict) or set(entry) != {"offset", "length", "crc32"}:
+            if not isinstance(entry, dict) or set(entry) != _container.SECTION_KEYS:
                 raise FormatError(f"{where}, section {name!r}: must have offset, length, crc32")
             off, ln = entry["offset"], entry["length"]
             if type(off) is not int or type(ln) is not int or ln != length:
@@ -676,7 +673,7 @@ def _layout(header: dict[str, Any], head_end: int) -> tuple[list[tuple[dict[str,
 
 
 def from_transport(
-    data: bytes | bytearray | memoryview, *, max_output_bytes: int = _DEFAULT_MAX_OUTPUT
+    data: bytes | bytearray | memoryview, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 ) -> bytes:
     """Rebuild the exact crest file from its transport form.
 
@@ -728,8 +725,7 @@ def from_transport(
     if len(header) != header_len or not complete:
         raise FormatError("deflated header does not inflate to exactly the stated length")
     head_end = _container.PREFIX_BYTES + header_len
-    head = struct.pack("<8sIIQ", _container.MAGIC, _container.FORMAT_VERSION, zlib.crc32(header), header_len)
-    head += header + bytes(_container.align(head_end) - head_end)
+    head = _container.head(header)
     parsed, _ = _container.read(head)
     layout, want_len = _layout(parsed, head_end)
     if want_len != file_len:
@@ -798,12 +794,12 @@ def _rebuild_sparse(
         out[lo : lo + m] = packed[:m]
         ends = np.cumsum(gaps.astype(np.int64) + 1)
         n_ch = -(-count // chunk)
-        rows = np.empty((n_ch, 3), dtype="<u8")
+        rows = np.empty((n_ch, CHUNK_TABLE_COLUMNS), dtype="<u8")
         rows[0, 0] = carry
         rows[1:, 0] = carry + ends[chunk - 1 : (n_ch - 1) * chunk : chunk]
         first = np.arange(start // chunk, start // chunk + n_ch, dtype=np.uint64) * np.uint64(chunk)
         rows[:, 1] = first * np.uint64(ib)
         rows[:, 2] = first * np.uint64(cb)
-        lo = chunks_at + start // chunk * 24
-        out[lo : lo + n_ch * 24] = rows.reshape(-1).view(np.uint8)
+        lo = chunks_at + start // chunk * CHUNK_ROW_BYTES
+        out[lo : lo + n_ch * CHUNK_ROW_BYTES] = rows.reshape(-1).view(np.uint8)
         carry += int(ends[-1])

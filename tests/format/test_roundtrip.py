@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from crest.gpu import (
+from crest.format import (
     FORMAT_VERSION,
     MAGIC,
     EncodedTensor,
@@ -24,7 +24,8 @@ from crest.gpu import (
     parse,
     sha256,
 )
-from crest.gpu import _bits
+from crest.format import _bits
+from tests.format._corpus import bits
 
 FLOATS = ["float16", "float32", "float64"]
 INTS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
@@ -40,12 +41,6 @@ SPECIAL = {
 }
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def bits(a: np.ndarray) -> np.ndarray:
-    """Bit patterns of ``a`` (C order) as unsigned ints."""
-    a = np.ascontiguousarray(a)
-    return a.reshape(-1).view(f"u{a.dtype.itemsize}")
 
 
 def assert_same(got: dict[str, np.ndarray], want: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
-"""Random crest artifacts shaped like the format's fuzz and round-trip corpora (seeded).
+"""Crest artifacts the tests share: the fuzz fixtures and a seeded random corpus.
 
-Shared by the CPU tests of the kernels' algorithm (``test_xp.py``) and the GPU tests
-(``test_cupy.py``): many shapes, gap widths 1..16, code widths 1..8, chunk sizes 32..4096,
-gaps far beyond ``2**index_bits``, many chunks, empty and all-zero tensors, every dtype.
+Used by the format's tests (tests/format) and by the decoder tests of tests/gpu (the
+kernels' algorithm on the CPU, the emulated kernels, CuPy): :data:`BLOBS` (the fuzz
+fixtures) and :func:`corpus` (many shapes, gap widths 1..16, code widths 1..8, chunk
+sizes 32..4096, gaps far beyond ``2**index_bits``, many chunks, empty and all-zero
+tensors, every dtype).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from crest.gpu import encode
+from crest.format import encode
 
 DTYPES = ["float16", "float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool"]
 
@@ -94,3 +96,33 @@ def bits(a: Any) -> np.ndarray:
     """Bit patterns of a NumPy array (C order) as unsigned ints."""
     a = np.ascontiguousarray(a)
     return a.reshape(-1).view(f"u{a.dtype.itemsize}")
+
+
+def _fuzz_tensors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    w = np.zeros((40, 50), np.float32)
+    nz = rng.random(w.shape) < 0.2
+    w[nz] = rng.choice(np.array([0.5, -0.25, np.nan, -0.0, 3.0], np.float32), nz.sum())
+    return {
+        "conv.weight": w,
+        "conv.bias": rng.standard_normal(7).astype(np.float32),  # dense
+        "mask": rng.random(30) < 0.5,
+        "steps": np.int64(12345),
+        "empty": np.zeros((0, 4), np.float16),
+    }
+
+
+# The fuzz fixtures: a small model (sparse with many chunks, dense, bool, 0-d, empty,
+# metadata) and a tiny int16 file; BLOBS maps a label to (blob, original tensors).
+ORIGINAL = _fuzz_tensors()
+BLOB = encode(
+    ORIGINAL,
+    index_bits=3,
+    code_bits=3,
+    chunk_entries=32,
+    overrides={"mask": {"index_bits": 1, "code_bits": 1}, "conv.bias": {"encoding": "dense"}},
+    metadata={"model": "tiny", "layers": [1, 2, {"k": None}]},
+)
+SMALL = {"x": np.array([0, 0, 7, 0, 0, 0, 0, 0, 0, 9, 7, 0], np.int16)}
+SMALL_BLOB = encode(SMALL, index_bits=2, code_bits=2, chunk_entries=32)
+BLOBS = {"model": (BLOB, ORIGINAL), "small": (SMALL_BLOB, SMALL)}

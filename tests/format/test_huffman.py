@@ -19,11 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crest.gpu import (
+from crest.format import (
     TRANSPORT_MAGIC,
     FormatError,
-    _bits,
-    _huffman,
     decode,
     encode,
     from_transport,
@@ -33,8 +31,9 @@ from crest.gpu import (
     to_transport,
     transport_size,
 )
-from crest.gpu._huffman import canonical_codes, code_lengths, length_limit
-from tests.gpu._corpus import corpus, sparse_array
+from crest.format import _bits, _huffman
+from crest.format._huffman import canonical_codes, code_lengths, length_limit
+from tests.format._corpus import corpus, sparse_array
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,9 +12,13 @@ number (8) of whole-array shift/or passes, with no per-element Python loop.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 __all__ = ["MAX_WIDTH", "packed_nbytes", "pack", "unpack", "padding_is_zero"]
+
+logger = logging.getLogger(__name__)
 
 MAX_WIDTH = 16
 

@@ -1,0 +1,224 @@
+"""The study's trials on both sides: Optuna's study and crest's trial rows.
+
+:class:`TrialLedger` asks Optuna for a trial (:meth:`~TrialLedger.ask`) and is the one
+place that records how a trial ended (:meth:`~TrialLedger.complete`,
+:meth:`~TrialLedger.fail`, :meth:`~TrialLedger.recover`). The order is always the same:
+crest's row (and the artifact) commit first, then Optuna is told, so a driver killed in
+between leaves a trial that :meth:`~TrialLedger.recover` tells from the row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from crest.config import SweepConfig
+from crest.orchestrator._optuna_private import set_user_attrs, trial_id
+from crest.orchestrator._space import CONSTRAINT_ATTR, objective_values, suggest
+from crest.storage import Store, StudyInfo
+from crest.tasks import TrialOutcome, TrialPlan
+
+__all__ = ["TrialJob", "TrialLedger", "ATTEMPT_ATTR", "RETRY_OF_ATTR", "SEED_ATTR", "trial_seed"]
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_ATTR = "crest_attempt"
+RETRY_OF_ATTR = "crest_retry_of"
+SEED_ATTR = "crest_seed"
+# a prime stride, so (study seed, trial number) pairs of small studies never share a seed
+TRIAL_SEED_STRIDE = 100_003
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """The seed of trial ``number``'s first attempt (retries keep it)."""
+    return study_seed * TRIAL_SEED_STRIDE + number
+
+
+@dataclass
+class TrialJob:
+    """One attempt of one trial, from Optuna's ask to its record.
+
+    Attributes:
+        number: Optuna's trial number.
+        trial_id: Optuna's storage id.
+        params: every parameter of the plan (fixed and proposed).
+        attempt: 1 for a first run; retries of a failed trial count up.
+        retry_of: the number of the trial this one re-runs, or None.
+        seed: the trial's seed (a retry keeps the original's).
+        started: ``time.monotonic()`` at dispatch.
+        actor: the Ray worker running it (None for a trial found orphaned).
+    """
+
+    number: int
+    trial_id: int
+    params: dict[str, Any]
+    attempt: int
+    retry_of: int | None
+    seed: int
+    started: float
+    actor: Any = None
+
+
+def _job(trial: optuna.trial.Trial | optuna.trial.FrozenTrial, params: dict[str, Any], study_seed: int) -> TrialJob:
+    attrs = trial.user_attrs
+    return TrialJob(
+        number=trial.number,
+        trial_id=trial_id(trial),
+        params=params,
+        attempt=int(attrs.get(ATTEMPT_ATTR, 1)),
+        retry_of=attrs.get(RETRY_OF_ATTR),
+        seed=int(attrs.get(SEED_ATTR, trial_seed(study_seed, trial.number))),
+        started=time.monotonic(),
+    )
+
+
+def node_label(node: dict[str, Any]) -> str | None:
+    """``host/node-id-prefix`` of what a worker reported, or None when unknown."""
+    if not node:
+        return None
+    node_id = node.get("node_id") or ""
+    return f"{node.get('host')}/{node_id[:8]}" if node_id else str(node.get("host"))
+
+
+class TrialLedger:
+    """Asks Optuna for trials and records how they end, in crest's rows and in Optuna.
+
+    Args:
+        store: crest's database.
+        study: the Optuna study (in the same database).
+        info: crest's study row.
+        config: the sweep.
+    """
+
+    def __init__(self, store: Store, study: optuna.Study, info: StudyInfo, config: SweepConfig) -> None:
+        self.store = store
+        self.study = study
+        self.info = info
+        self.config = config
+
+    # asking ---------------------------------------------------------------------------------
+
+    def ask(self, plan: TrialPlan) -> TrialJob:
+        """The next trial: a queued retry first (Optuna serves those), else a new proposal."""
+        trial = self.study.ask()
+        job = _job(trial, suggest(trial, plan), self.config.seed)
+        if job.attempt > 1:
+            logger.info("trial %d re-runs trial %s (attempt %d)", job.number, job.retry_of, job.attempt)
+        return job
+
+    # recording ------------------------------------------------------------------------------
+
+    def _record(self, job: TrialJob, state: str, node: dict[str, Any], **result: Any) -> None:
+        self.store.record_trial(
+            self.info.id,
+            optuna_trial_id=job.trial_id,
+            number=job.number,
+            state=state,
+            params=job.params,
+            attempt=job.attempt,
+            retry_of=job.retry_of,
+            node=node_label(node),
+            **result,
+        )
+
+    def _tell_complete(self, job: TrialJob, *, size_bytes: int, accuracy: float, drop: float, ratio: float) -> None:
+        set_user_attrs(
+            self.study,
+            job.trial_id,
+            {
+                CONSTRAINT_ATTR: [drop - self.config.constraints.max_accuracy_drop],
+                "accuracy": accuracy,
+                "accuracy_drop": drop,
+                "size_bytes": size_bytes,
+                "ratio": ratio,
+            },
+        )
+        self.study.tell(job.number, objective_values(self.config, size_bytes, accuracy))
+
+    def complete(self, job: TrialJob, node: dict[str, Any], out: TrialOutcome) -> None:
+        """Record a finished trial with its artifact, then tell Optuna its objectives."""
+        self._record(
+            job, "COMPLETE", node,
+            blob=out.blob, accuracy=out.accuracy, accuracy_drop=out.accuracy_drop, ratio=out.ratio,
+            layers=out.layers, wall_seconds=out.seconds, transport_bytes=out.transport_bytes,
+        )
+        self._tell_complete(job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio)
+        logger.info("trial %d complete: %.1fx, accuracy %.4f", job.number, out.ratio, out.accuracy)
+
+    def fail(
+        self, job: TrialJob, node: dict[str, Any], error: str, *, retry: bool, count_attempt: bool = True
+    ) -> None:
+        """Record a failed trial, fail it in Optuna, and queue its parameters again when
+        ``retry`` and trials are still needed (as the next attempt, unless not
+        ``count_attempt``: an interrupted trial keeps its attempt)."""
+        self._record(job, "FAIL", node, wall_seconds=time.monotonic() - job.started, error=error)
+        self.study.tell(job.number, state=TrialState.FAIL)
+        # an interrupted trial is no failure of its own: it runs again on resume
+        logger.log(logging.WARNING if count_attempt else logging.INFO,
+                   "trial %d failed (attempt %d): %s", job.number, job.attempt, error)
+        if retry and self.retry_room() > 0:
+            self._enqueue_retry(job, job.attempt + (1 if count_attempt else 0))
+
+    def recover(self) -> None:
+        """Settle trials left RUNNING by a driver that died (the caller holds the lease)."""
+        retries: list[TrialJob] = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            job = _job(t, dict(t.params), self.config.seed)
+            record = self.store.trial_by_optuna_id(job.trial_id)
+            if record is not None and record.state == "COMPLETE":
+                logger.info("trial %d was recorded but not told to Optuna; telling it now", t.number)
+                self._tell_complete(
+                    job, size_bytes=int(record.size_bytes or 0), accuracy=float(record.accuracy or 0.0),
+                    drop=float(record.accuracy_drop or 0.0), ratio=float(record.ratio or 0.0),
+                )
+                continue
+            logger.warning("trial %d was running when its driver stopped; failing it", t.number)
+            if record is None:
+                self._record(job, "FAIL", {}, error="the driver stopped while the trial ran")
+            self.study.tell(t.number, state=TrialState.FAIL)
+            if job.attempt <= self.config.max_retries:
+                retries.append(job)
+        # queue retries once every orphan is settled: an orphan not yet settled would
+        # count as running and could crowd out another's retry
+        for job in retries[: max(0, self.retry_room())]:
+            self._enqueue_retry(job, job.attempt + 1)
+
+    def _enqueue_retry(self, job: TrialJob, attempt: int) -> None:
+        retry_of = job.retry_of if job.retry_of is not None else job.number
+        self.study.enqueue_trial(
+            job.params, user_attrs={ATTEMPT_ATTR: attempt, RETRY_OF_ATTR: retry_of, SEED_ATTR: job.seed}
+        )
+        logger.info("queued the parameters of trial %d again (attempt %d)", job.number, attempt)
+
+    # reading --------------------------------------------------------------------------------
+
+    def retry_room(self) -> int:
+        """How many failed trials' parameters may still be queued again: ``n_trials`` minus
+        the trials complete, queued and still running (may be negative). Queued trials
+        beyond that would stay WAITING after the study finishes, e.g. after ``--n-trials``
+        was lowered or more trials were interrupted than remained to run."""
+        counts = self.counts()
+        return self.info.n_trials - counts[TrialState.COMPLETE] - counts[TrialState.WAITING] - counts[TrialState.RUNNING]
+
+    def counts(self) -> dict[TrialState, int]:
+        """Optuna's trials per state."""
+        counts = dict.fromkeys(TrialState, 0)
+        for t in self.study.get_trials(deepcopy=False):
+            counts[t.state] += 1
+        return counts
+
+    def best_feasible(self) -> optuna.trial.FrozenTrial | None:
+        """The smallest complete trial within the accuracy constraint, or None."""
+        best = None
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            c = t.user_attrs.get(CONSTRAINT_ATTR)
+            if not isinstance(c, list) or c[0] > 0:
+                continue
+            if best is None or t.user_attrs.get("size_bytes", 0) < best.user_attrs.get("size_bytes", 0):
+                best = t
+        return best

@@ -1,0 +1,197 @@
+"""The sweep: ask Optuna -> run the trial on a worker -> record it -> tell Optuna."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from optuna.trial import TrialState
+
+from crest.exceptions import SweepError
+from crest.orchestrator._events import Event, JobDone, JobFailed, WorkerDied, WorkerFailedToStart
+from crest.orchestrator._ledger import TrialJob, TrialLedger
+from crest.orchestrator._loop import EventLoop, RunContext
+from crest.orchestrator._pool import short_error
+from crest.orchestrator._reports import Progress, SweepSummary
+
+__all__ = ["SweepLoop"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepState:
+    """Counts of this run, beside what the database holds.
+
+    Attributes:
+        complete: complete trials of the study (all runs).
+        completed_now: trials completed by this run.
+        ran: trials dispatched by this run.
+        failed: trials (and worker start-ups) that failed in this run.
+        no_worker_since: ``time.monotonic()`` since when no worker is alive, or None.
+        changed: something happened since the last progress snapshot.
+        last: the last snapshot sent (its clock is advanced between snapshots).
+    """
+
+    complete: int
+    completed_now: int = 0
+    ran: int = 0
+    failed: int = 0
+    no_worker_since: float | None = None
+    changed: bool = True
+    last: Progress | None = field(default=None)
+
+
+class SweepLoop(EventLoop):
+    """Runs the study to ``n_trials`` complete trials.
+
+    Args:
+        ctx: the set-up run; progress goes to its ``on_progress`` once per step.
+        ledger: the study's trials.
+    """
+
+    def __init__(self, ctx: RunContext, ledger: TrialLedger) -> None:
+        super().__init__(ctx)
+        self.ledger = ledger
+        self.plan = ctx.plan
+        self.on_progress = ctx.on_progress
+        self.t0 = ctx.t0
+        cfg = ledger.config
+        self.n_trials = ledger.info.n_trials
+        self.max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.n_trials)
+        self.state = SweepState(complete=ledger.counts()[TrialState.COMPLETE])
+
+    def sweep(self) -> SweepSummary:
+        """Run to the end; on any interruption leave the study resumable, then re-raise."""
+        try:
+            self.run()
+        except BaseException:
+            self._abandon()
+            raise
+        self.on_progress(self.snapshot(message="done"))
+        s = self.state
+        return SweepSummary(self.ledger.info.name, s.complete, s.failed, s.ran, time.monotonic() - self.t0)
+
+    def _abandon(self) -> None:
+        # Ctrl-C or a bug. A driver that lost its lease touches nothing: the study
+        # belongs to the driver that took it over.
+        if self.lease.lost.is_set():
+            return
+        try:
+            for job in self.jobs.values():
+                self.ledger.fail(job, self.pool.where(job.actor), "interrupted: the driver stopped",
+                                 retry=True, count_attempt=False)
+            # a trial asked for but not yet dispatched, or recorded but not yet told
+            self.ledger.recover()
+        except Exception:
+            # the database may be what failed; the next resume settles these trials
+            logger.exception("could not settle the running trials; `crest resume` will")
+
+    # phases -------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        return self.state.complete >= self.n_trials
+
+    def dispatch(self) -> None:
+        while self.state.complete + len(self.jobs) < self.n_trials:
+            actor = self.pool.take_idle()
+            if actor is None:
+                return
+            job = self.ledger.ask(self.plan)
+            job.actor = actor
+            meta = {"study": self.ledger.info.name, "trial": job.number}
+            self.submit(actor.run.remote(job.params, job.seed, meta), job)
+            self.state.ran += 1
+            self.state.changed = True
+
+    def check_workers(self) -> None:
+        if self.pool.live_count() or self.pool.checking():
+            self.state.no_worker_since = None
+            return
+        since = self.state.no_worker_since = self.state.no_worker_since or time.monotonic()
+        if time.monotonic() - since > self.options.no_worker_timeout:
+            raise SweepError(f"no worker is left to run trials; last error: {self.last_error or 'none'}")
+
+    def report(self) -> None:
+        s = self.state
+        if s.changed or s.last is None:
+            s.last = self.snapshot(message=self.last_error)
+            s.changed = False
+        else:  # nothing happened: only the clock moved; no database round trip
+            s.last.elapsed = time.monotonic() - self.t0
+            if s.last.eta is not None:
+                s.last.eta = max(0.0, s.last.eta - self.options.poll)
+        self.on_progress(s.last)
+
+    def snapshot(self, *, message: str = "") -> Progress:
+        """Where the study stands, read from Optuna's trials."""
+        info = self.ledger.info
+        counts = self.ledger.counts()
+        complete = counts[TrialState.COMPLETE]
+        elapsed = time.monotonic() - self.t0
+        now = self.state.completed_now
+        p = Progress(
+            study=info.name,
+            n_trials=self.n_trials,
+            complete=complete,
+            running=len(self.jobs),
+            failed=counts[TrialState.FAIL],
+            waiting=counts[TrialState.WAITING],
+            baseline_accuracy=info.baseline_accuracy,
+            elapsed=elapsed,
+            eta=elapsed / now * max(0, self.n_trials - complete) if now else None,
+            message=message,
+        )
+        best = self.ledger.best_feasible()
+        if best is not None:
+            p.best_size = int(best.user_attrs.get("size_bytes", 0))
+            p.best_ratio = best.user_attrs.get("ratio")
+            p.best_accuracy = best.user_attrs.get("accuracy")
+        return p
+
+    # handlers -----------------------------------------------------------------------------
+
+    def route(self, event: Event) -> None:
+        super().route(event)
+        self.state.changed = True
+
+    def _count_failure(self, error: str) -> bool:
+        """Count a failure of this run; True when there were more than ``max_failures``."""
+        self.last_error = error
+        self.state.failed += 1
+        return self.state.failed > self.max_failures
+
+    def _count_trial_failure(self, error: str) -> None:
+        if self._count_failure(error):
+            raise SweepError(
+                f"{self.state.failed} trials failed in this run (max_failures={self.max_failures}); last: {error}"
+            )
+
+    def on_job_done(self, event: JobDone) -> None:
+        job: TrialJob = event.job
+        self.ledger.complete(job, self.pool.where(job.actor), event.value)
+        self.state.complete += 1
+        self.state.completed_now += 1
+        self.pool.release(job.actor)
+
+    def on_worker_died(self, event: WorkerDied) -> None:
+        job: TrialJob = event.job
+        error = f"trial {job.number}: the worker died ({short_error(event.error)})"
+        self.ledger.fail(job, self.pool.where(job.actor), error, retry=job.attempt <= self.ledger.config.max_retries)
+        self.pool.lose(job.actor)
+        self.pool.fill()
+        self._count_trial_failure(error)
+
+    def on_job_failed(self, event: JobFailed) -> None:
+        job: TrialJob = event.job
+        error = f"trial {job.number} failed: {short_error(event.error)}"
+        self.ledger.fail(job, self.pool.where(job.actor), error, retry=False)
+        self.pool.release(job.actor)
+        self._count_trial_failure(error)
+
+    def on_worker_failed_to_start(self, event: WorkerFailedToStart) -> None:
+        error = f"a worker failed to start: {short_error(event.error)}"
+        if self._count_failure(error):
+            raise SweepError(error) from event.error
+        self.pool.fill()
