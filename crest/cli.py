@@ -290,37 +290,65 @@ def best(
         Optional[float],
         typer.Option("--max-drop", min=0.0, help="Accuracy drop allowed. Default: the study's constraint."),
     ] = None,
+    max_size: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-size",
+            help="Largest artifact: bytes, or with a unit: 30KB, 1.5MB (KB = 1,000 bytes) or 64KiB (KiB = 1,024 bytes).",
+            show_default=False,
+        ),
+    ] = None,
+    min_accuracy: Annotated[
+        Optional[str],
+        typer.Option("--min-accuracy", help="Lowest accuracy, in the workload's metric (0.93) or in percent (93%).",
+                     show_default=False),
+    ] = None,
     pareto: Annotated[
         bool,
-        typer.Option("--pareto", help="List the size/accuracy Pareto front (within --max-drop) instead."),
+        typer.Option("--pareto", help="List the size/accuracy Pareto front (within the limits) instead."),
     ] = False,
     as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (a header row, one row per trial) instead.")] = False,
 ) -> None:
-    """List the smallest artifacts within the accuracy-drop limit, best first."""
-    from crest.storage import max_drop_of, pareto_front
+    """List the smallest artifacts within the accuracy-drop limit (and filters), best first.
 
+    When no trial matches, says why and names the closest trial instead.
+    """
+    from crest.report import parse_accuracy, parse_size
+    from crest.storage import max_drop_of
+    from crest.storage import select_best
+
+    if as_json and as_csv:
+        raise ConfigError("--json and --csv: choose one")
+    size_limit = parse_size(max_size) if max_size is not None else None
+    accuracy_limit = parse_accuracy(min_accuracy) if min_accuracy is not None else None
     store = _open_store(_storage(storage))
     try:
         info = store.require_study(study)
         limit = max_drop_of(info) if max_drop is None else max_drop
-        if pareto:
-            trials = pareto_front(store, info, max_drop=limit)[:top]
-        else:
-            trials = store.best(info.id, max_drop=limit, top=top)
+        selection = select_best(
+            store, info, max_drop=limit, max_size=size_limit, min_accuracy=accuracy_limit, pareto=pareto, top=top
+        )
     finally:
         store.close()
+    if selection.why_none and (as_json or as_csv):
+        typer.echo(f"crest: {selection.why_none}", err=True)  # stdout stays machine-readable
     if as_json:
-        _echo_json([t.as_dict() for t in trials])
-        return
-    _print_best(trials, info, limit)
+        _echo_json([t.as_dict() for t in selection.trials])
+    elif as_csv:
+        from crest.report import trials_csv
+
+        typer.echo(trials_csv(selection.trials), nl=False)
+    else:
+        _print_best(selection.trials, info, limit, why_none=selection.why_none)
 
 
-def _print_best(trials: list[Any], info: Any, max_drop: float) -> None:
+def _print_best(trials: list[Any], info: Any, max_drop: float, *, why_none: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     if not trials:
-        typer.echo(f"no complete trial of '{info.name}' is within max drop {max_drop}")
+        typer.echo(why_none or f"no complete trial of '{info.name}' is within max drop {max_drop}")
         return
     base = info.baseline_accuracy
     table = Table(
@@ -337,6 +365,50 @@ def _print_best(trials: list[Any], info: Any, max_drop: float) -> None:
             f"{t.accuracy_drop:+.4f}", sparsity, bits,
         )
     Console().print(table)
+
+
+@app.command()
+def plot(
+    study: StudyArg,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="File to write: .png, .svg or .html (interactive).", show_default=False)
+    ],
+    kind: Annotated[
+        str, typer.Option("--kind", help="pareto, history, layers, sensitivity, or all (each the study has data for).")
+    ] = "pareto",
+    trial: Annotated[
+        Optional[int], typer.Option("--trial", help="Trial whose layers to plot. Default: the best feasible trial.")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Plot a study: Pareto front, best ratio over time, per-layer settings, sensitivity."""
+    from crest.report import plot_study
+
+    store = _open_store(_storage(storage))
+    try:
+        result = plot_study(store, study, output, kind=kind, trial=trial)
+    finally:
+        store.close()
+    shown = f" (layers of trial {result.trial})" if result.trial is not None else ""
+    typer.echo(f"wrote {result.path}: {', '.join(result.kinds)}{shown}, {result.size_bytes:,} bytes")
+
+
+@app.command()
+def report(
+    study: StudyArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
+    top: Annotated[int, typer.Option(min=1, help="How many of the best trials to list.")] = 10,
+    storage: StorageOpt = None,
+) -> None:
+    """Write one self-contained HTML report of a study (summary, best trials, plots, node checks, layers)."""
+    from crest.report import write_report
+
+    store = _open_store(_storage(storage))
+    try:
+        size = write_report(store, study, output, top=top)
+    finally:
+        store.close()
+    typer.echo(f"wrote {output}: {size:,} bytes, self-contained (opens offline)")
 
 
 @app.command()

@@ -428,8 +428,9 @@ class SweepConfig(_Strict):
         return parse_sweep(data, source=source or f"study '{self.study}'", overrides=changes)
 
     def to_json(self) -> str:
-        """The config as canonical JSON (sorted keys)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """The config as canonical JSON (sorted keys), as stored with a study: without the
+        database URL, which may hold a password and is always given anew."""
+        return json.dumps(self.model_dump(mode="json", exclude={"storage"}), sort_keys=True)
 
     def search_identity(self) -> dict[str, Any]:
         """The parts that define the search; a resumed study must keep them."""

@@ -322,3 +322,15 @@ def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signal
     assert out.returncode == 0, out.stderr
     status = json.loads(crest("status", "tiny", "--json", cwd=tmp_path).stdout)
     assert status["complete"] == 6 and status["waiting"] == 0 and status["running"] == 0
+
+
+def test_help_shows_the_results_commands_and_the_best_filters(tmp_path: Path) -> None:
+    out = crest("--help", cwd=tmp_path)
+    assert out.returncode == 0 and "plot" in out.stdout and "report" in out.stdout
+    best = " ".join(crest("best", "--help", cwd=tmp_path).stdout.split())
+    for words in ("--csv", "--max-size", "--min-accuracy", "KB = 1,000 bytes", "KiB = 1,024 bytes", "93%"):
+        assert words in best, words
+    plot = " ".join(crest("plot", "--help", cwd=tmp_path).stdout.split())
+    for words in (".png, .svg or .html", "--kind", "pareto, history, layers, sensitivity, or all", "--trial"):
+        assert words in plot, words
+    assert "--output" in crest("report", "--help", cwd=tmp_path).stdout

@@ -7,11 +7,14 @@ import os
 import signal
 import threading
 
+from crest._reaper import RayReaper, reap_dead_runs
 from crest.exceptions import SweepError
 
 __all__ = ["connect", "disconnect"]
 
 logger = logging.getLogger(__name__)
+
+_reaper: RayReaper | None = None  # the local Ray this process started, watched
 
 _LOCAL_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -32,6 +35,7 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
     Raises:
         SweepError: Ray cannot start or the cluster cannot be reached.
     """
+    global _reaper
     if address is None:
         for key, value in _LOCAL_DEFAULTS.items():
             os.environ.setdefault(key, value)
@@ -40,6 +44,8 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
     if ray.is_initialized():
         return False
     previous_term = signal.getsignal(signal.SIGTERM)
+    if address is None:
+        reap_dead_runs()  # what the local Rays of drivers killed on this host left behind
     try:
         if address is None:
             # "local" always starts a new instance, never joining a cluster that another
@@ -57,6 +63,9 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
     except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError...
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise SweepError(f"cannot {where}: {e}") from e
+    if address is None:
+        _reaper = RayReaper()
+        _reaper.start()
     logger.info("%s Ray: %s CPUs, %s GPUs", "started a local" if address is None else f"joined {address} with",
                 ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
     # Ray installs a SIGTERM handler that aborts the process; a caller's own handler
@@ -71,5 +80,9 @@ def disconnect(started: bool) -> None:
     if started:
         import ray
 
+        global _reaper
         ray.shutdown()
+        if _reaper is not None:
+            _reaper.stop()
+            _reaper = None
         logger.info("stopped the local Ray")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -34,6 +35,7 @@ from crest.orchestrator._reports import DriverOptions, Progress, SweepSummary
 from crest.orchestrator._sensitivity_loop import Points, SensitivityLoop
 from crest.orchestrator._space import directions, make_sampler
 from crest.orchestrator._sweep_loop import SweepLoop
+from crest.report import write_study_note
 from crest.storage import Store, StudyInfo, lease_owner_id
 from crest.tasks import dense_fp32_bytes, get_workload, prunable_layers, resolve_plan
 
@@ -84,7 +86,13 @@ class SweepDriver:
                 directions=directions(self.config),
                 load_if_exists=True,
             )
-            ledger = TrialLedger(session.store, study, session.info, self.config)
+            # what optuna-dashboard shows: objective names, and the sweep file as the study's note
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(["size_bytes" if o == "size" else "accuracy" for o in self.config.objectives])
+            storage = session.store.optuna_storage()
+            write_study_note(storage, storage.get_study_id_from_name(self.config.study), session.info.sweep_yaml)
+            ledger = TrialLedger(session.store, study, session.info, self.config, retry_budget=self.options.db_retry)
             ledger.recover()
             return SweepLoop(session, ledger).sweep()
 
@@ -126,10 +134,11 @@ class SweepDriver:
         with ExitStack() as stack:
             store = Store(self.storage_url, create=True)
             stack.callback(store.close)
-            info = self._open_study(store)
+            info = self._take_study(store)
             lease = LeaseKeeper(store, info.id, info.name, self.owner, self.options.heartbeat)
-            lease.acquire(self.options.lease_ttl)
+            lease.start()
             stack.callback(lease.release)
+            info = self._update_study(store, info)
             started_ray = connect(cfg.ray.address, cpus_needed=cfg.workers * cfg.ray.cpus_per_worker)
             stack.callback(disconnect, started_ray)
             t0 = time.monotonic()
@@ -159,13 +168,24 @@ class SweepDriver:
         finally:
             store.close()
 
-    def _open_study(self, store: Store) -> StudyInfo:
-        """The study's row: created for a new study; a stored one must have the same search."""
-        cfg = self.config
-        info = store.get_study(cfg.study)
+    def _take_study(self, store: Store) -> StudyInfo:
+        """The study's row, held under this driver's lease before anything else is written:
+        a new study's row is created holding it; an existing one's lease is taken (LeaseError
+        while a live driver holds it). From here on every write is fenced on the lease."""
+        ttl = self.options.lease_ttl
+        info = store.get_study(self.config.study)
         if info is None:
-            logger.info("creating study '%s'", cfg.study)
-            return store.create_study(cfg, sweep_yaml=self.sweep_yaml)
+            logger.info("creating study '%s'", self.config.study)
+            info = store.create_study(self.config, sweep_yaml=self.sweep_yaml, owner=self.owner, ttl=ttl)
+        else:
+            store.acquire_lease(info.id, self.owner, ttl=ttl)
+        logger.info("took the lease on study '%s' as %s (ttl %.0f s)", info.name, self.owner, ttl)
+        store.fence(info.id, self.owner)
+        return info
+
+    def _update_study(self, store: Store, info: StudyInfo) -> StudyInfo:
+        """A stored study must have the same search; its trial count and workers may change."""
+        cfg = self.config
         stored = info.config
         if stored.search_identity() != cfg.search_identity():
             before, now = stored.search_identity(), cfg.search_identity()

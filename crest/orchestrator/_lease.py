@@ -1,9 +1,10 @@
 """The driver's lease on its study, kept fresh by a heartbeat thread.
 
 Only one driver runs a study at a time: it takes the lease before it writes anything else
-(:meth:`crest.storage.Store.acquire_lease`), a daemon thread refreshes it, and the driver's
-loop stops as soon as :attr:`LeaseKeeper.lost` is set (another driver took a lease that
-looked dead to it).
+(:meth:`crest.storage.Store.acquire_lease`, or a new study's row is created holding it),
+every later write is fenced on it (:meth:`crest.storage.Store.fence`), a daemon thread
+refreshes it, and the driver's loop stops as soon as :attr:`LeaseKeeper.lost` is set
+(another driver took a lease that looked dead to it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseKeeper(threading.Thread):
-    """Takes a study's lease, refreshes it every ``every`` seconds, and gives it back.
+    """Refreshes a study's lease (already taken) every ``every`` seconds, and gives it back.
 
     Args:
         store: the database.
@@ -38,12 +39,6 @@ class LeaseKeeper(threading.Thread):
         self.store, self.study_id, self.study, self.owner, self.every = store, study_id, study, owner, every
         self._stopping = threading.Event()
         self.lost = threading.Event()
-
-    def acquire(self, ttl: float) -> None:
-        """Take the lease (raises LeaseError while a live driver holds it) and start beating."""
-        self.store.acquire_lease(self.study_id, self.owner, ttl=ttl)
-        logger.info("took the lease on study '%s' as %s (ttl %.0f s)", self.study, self.owner, ttl)
-        self.start()
 
     def run(self) -> None:
         while not self._stopping.wait(self.every):

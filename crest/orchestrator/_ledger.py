@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
 from crest.config import SweepConfig
-from crest.orchestrator._optuna_private import set_user_attrs, trial_id
+from crest.orchestrator._optuna_private import set_constraints, set_user_attrs, trial_id
 from crest.orchestrator._space import CONSTRAINT_ATTR, objective_values, suggest
-from crest.storage import Store, StudyInfo
+from crest.storage import Store, StudyInfo, retry_transient
 from crest.tasks import TrialOutcome, TrialPlan
 
 __all__ = ["TrialJob", "TrialLedger", "ATTEMPT_ATTR", "RETRY_OF_ATTR", "SEED_ATTR", "trial_seed"]
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 ATTEMPT_ATTR = "crest_attempt"
 RETRY_OF_ATTR = "crest_retry_of"
 SEED_ATTR = "crest_seed"
+T = TypeVar("T")
+
 # a prime stride, so (study seed, trial number) pairs of small studies never share a seed
 TRIAL_SEED_STRIDE = 100_003
 
@@ -88,25 +91,37 @@ def node_label(node: dict[str, Any]) -> str | None:
 class TrialLedger:
     """Asks Optuna for trials and records how they end, in crest's rows and in Optuna.
 
+    Every database round trip is retried through transient failures for up to
+    ``retry_budget`` seconds, holding what it writes (a finished trial's bytes) in memory.
+
     Args:
         store: crest's database.
         study: the Optuna study (in the same database).
         info: crest's study row.
         config: the sweep.
+        retry_budget: seconds one operation may keep retrying a failing database.
     """
 
-    def __init__(self, store: Store, study: optuna.Study, info: StudyInfo, config: SweepConfig) -> None:
+    def __init__(
+        self, store: Store, study: optuna.Study, info: StudyInfo, config: SweepConfig, *, retry_budget: float = 120.0
+    ) -> None:
         self.store = store
         self.study = study
         self.info = info
         self.config = config
+        self.retry_budget = retry_budget
+
+    def _db(self, what: str, fn: Callable[[], T]) -> T:
+        return retry_transient(fn, what=what, budget=self.retry_budget)
 
     # asking ---------------------------------------------------------------------------------
 
     def ask(self, plan: TrialPlan) -> TrialJob:
         """The next trial: a queued retry first (Optuna serves those), else a new proposal."""
-        trial = self.study.ask()
-        job = _job(trial, suggest(trial, plan), self.config.seed)
+        trial = self._db("asking Optuna for a trial", self.study.ask)
+        # suggesting a parameter that is set already returns it, so this part may run again
+        params = self._db(f"proposing the parameters of trial {trial.number}", lambda: suggest(trial, plan))
+        job = _job(trial, params, self.config.seed)
         if job.attempt > 1:
             logger.info("trial %d re-runs trial %s (attempt %d)", job.number, job.retry_of, job.attempt)
         return job
@@ -127,27 +142,31 @@ class TrialLedger:
         )
 
     def _tell_complete(self, job: TrialJob, *, size_bytes: int, accuracy: float, drop: float, ratio: float) -> None:
+        constraint = [drop - self.config.constraints.max_accuracy_drop]
+        set_constraints(self.study, job.trial_id, constraint)
         set_user_attrs(
             self.study,
             job.trial_id,
             {
-                CONSTRAINT_ATTR: [drop - self.config.constraints.max_accuracy_drop],
+                CONSTRAINT_ATTR: constraint,
                 "accuracy": accuracy,
                 "accuracy_drop": drop,
                 "size_bytes": size_bytes,
                 "ratio": ratio,
             },
         )
-        self.study.tell(job.number, objective_values(self.config, size_bytes, accuracy))
+        self.study.tell(job.number, objective_values(self.config, size_bytes, accuracy), skip_if_finished=True)
 
     def complete(self, job: TrialJob, node: dict[str, Any], out: TrialOutcome) -> None:
         """Record a finished trial with its artifact, then tell Optuna its objectives."""
-        self._record(
+        self._db(f"recording trial {job.number}", lambda: self._record(
             job, "COMPLETE", node,
             blob=out.blob, accuracy=out.accuracy, accuracy_drop=out.accuracy_drop, ratio=out.ratio,
             layers=out.layers, wall_seconds=out.seconds, transport_bytes=out.transport_bytes,
-        )
-        self._tell_complete(job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio)
+        ))
+        self._db(f"telling Optuna trial {job.number}", lambda: self._tell_complete(
+            job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio
+        ))
         logger.info("trial %d complete: %.1fx, accuracy %.4f", job.number, out.ratio, out.accuracy)
 
     def fail(
@@ -156,16 +175,23 @@ class TrialLedger:
         """Record a failed trial, fail it in Optuna, and queue its parameters again when
         ``retry`` and trials are still needed (as the next attempt, unless not
         ``count_attempt``: an interrupted trial keeps its attempt)."""
-        self._record(job, "FAIL", node, wall_seconds=time.monotonic() - job.started, error=error)
-        self.study.tell(job.number, state=TrialState.FAIL)
+        seconds = time.monotonic() - job.started
+        self._db(f"recording trial {job.number}", lambda: self._record(job, "FAIL", node, wall_seconds=seconds, error=error))
+        self._db(f"telling Optuna trial {job.number}",
+                 lambda: self.study.tell(job.number, state=TrialState.FAIL, skip_if_finished=True))
         # an interrupted trial is no failure of its own: it runs again on resume
         logger.log(logging.WARNING if count_attempt else logging.INFO,
                    "trial %d failed (attempt %d): %s", job.number, job.attempt, error)
         if retry and self.retry_room() > 0:
-            self._enqueue_retry(job, job.attempt + (1 if count_attempt else 0))
+            self._db(f"queueing trial {job.number} again",
+                     lambda: self._enqueue_retry(job, job.attempt + (1 if count_attempt else 0)))
 
     def recover(self) -> None:
-        """Settle trials left RUNNING by a driver that died (the caller holds the lease)."""
+        """Settle trials left RUNNING by a driver that died, or by a write that failed after
+        its commit (the caller holds the lease and has no trial in flight)."""
+        self._db("settling trials left running", self._recover)
+
+    def _recover(self) -> None:
         retries: list[TrialJob] = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             job = _job(t, dict(t.params), self.config.seed)
@@ -180,7 +206,7 @@ class TrialLedger:
             logger.warning("trial %d was running when its driver stopped; failing it", t.number)
             if record is None:
                 self._record(job, "FAIL", {}, error="the driver stopped while the trial ran")
-            self.study.tell(t.number, state=TrialState.FAIL)
+            self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             if job.attempt <= self.config.max_retries:
                 retries.append(job)
         # queue retries once every orphan is settled: an orphan not yet settled would
@@ -208,14 +234,15 @@ class TrialLedger:
     def counts(self) -> dict[TrialState, int]:
         """Optuna's trials per state."""
         counts = dict.fromkeys(TrialState, 0)
-        for t in self.study.get_trials(deepcopy=False):
+        for t in self._db("reading the trials", lambda: self.study.get_trials(deepcopy=False)):
             counts[t.state] += 1
         return counts
 
     def best_feasible(self) -> optuna.trial.FrozenTrial | None:
         """The smallest complete trial within the accuracy constraint, or None."""
         best = None
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        complete = self._db("reading the trials", lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        for t in complete:
             c = t.user_attrs.get(CONSTRAINT_ATTR)
             if not isinstance(c, list) or c[0] > 0:
                 continue

@@ -16,7 +16,10 @@ import optuna
 
 from crest.exceptions import CrestError
 
-__all__ = ["trial_id", "set_user_attrs", "check_private_api"]
+__all__ = ["trial_id", "set_user_attrs", "set_constraints", "check_private_api"]
+
+# what optuna-dashboard reads to mark a trial infeasible (Optuna's _CONSTRAINTS_KEY)
+DASHBOARD_CONSTRAINTS_KEY = "constraints"
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,19 @@ def set_user_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) ->
         storage.set_trial_user_attr(trial_id, key, value)
 
 
+def set_constraints(study: optuna.Study, trial_id: int, values: list[float]) -> None:
+    """Store a trial's constraint values where Optuna's samplers and optuna-dashboard read
+    them (<= 0 is feasible). TPE's ``constraints_func`` writes the same after the trial; a
+    random sampler writes nothing, so crest always writes them itself."""
+    study._storage.set_trial_system_attr(trial_id, _constraints_key(), values)
+
+
+def _constraints_key() -> str:
+    from optuna.samplers._base import _CONSTRAINTS_KEY
+
+    return str(_CONSTRAINTS_KEY)
+
+
 def check_private_api() -> None:
     """Raise :class:`CrestError` when the installed Optuna lacks what this module uses."""
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
@@ -40,8 +56,11 @@ def check_private_api() -> None:
     try:
         tid = trial_id(trial)
         set_user_attrs(study, tid, {"crest_probe": 1})
+        set_constraints(study, tid, [-1.0])
         frozen = study.trials[0]
         if trial_id(frozen) != tid or frozen.user_attrs.get("crest_probe") != 1:
             raise CrestError("Optuna's trial ids or user attributes no longer behave as crest expects")
-    except AttributeError as e:
+        if _constraints_key() != DASHBOARD_CONSTRAINTS_KEY or frozen.system_attrs.get(DASHBOARD_CONSTRAINTS_KEY) != [-1.0]:
+            raise CrestError("Optuna stores constraints under another key than optuna-dashboard reads")
+    except (AttributeError, ImportError) as e:
         raise CrestError(f"Optuna {optuna.__version__} changed a private name crest uses: {e}") from e

@@ -16,7 +16,7 @@ from crest.config import SweepConfig
 from crest.orchestrator._events import NodeChecked, PoolEvent, WorkerFailedToStart, WorkerStarted
 from crest.orchestrator._nodecheck import check_node
 from crest.orchestrator._worker import TrialWorker
-from crest.storage import Store
+from crest.storage import Store, retry_transient
 from crest.tasks import TrialPlan
 
 __all__ = ["WorkerPool", "plan_placement", "short_error"]
@@ -140,7 +140,8 @@ class WorkerPool:
         return started
 
     def _settle_check(self, node_id: str, row: dict[str, Any]) -> NodeChecked:
-        self._store.record_node_check(self._study_id, row)
+        retry_transient(lambda: self._store.record_node_check(self._study_id, row),
+                        what=f"recording the decoder check of node {node_id[:8]}")
         if node_id in self._nodes:
             self._nodes[node_id].passed = bool(row["passed"])
         if row["passed"]:

@@ -18,6 +18,8 @@ class DriverOptions:
         poll: seconds between progress reports while waiting for results.
         node_scan: seconds between looks for nodes that joined (each gets a decoder check).
         no_worker_timeout: seconds without any worker before the sweep gives up.
+        db_retry: seconds one database operation may keep retrying transient failures
+            (a restarting server) before the sweep gives up.
     """
 
     lease_ttl: float = 30.0
@@ -26,6 +28,7 @@ class DriverOptions:
     poll: float = 0.5
     node_scan: float = 5.0
     no_worker_timeout: float = 60.0
+    db_retry: float = 120.0
 
 
 @dataclass

@@ -69,6 +69,7 @@ class SweepLoop(EventLoop):
         except BaseException:
             self._abandon()
             raise
+        self.ledger.recover()  # a trial whose ask failed after its commit is settled too
         self.on_progress(self.snapshot(message="done"))
         s = self.state
         return SweepSummary(self.ledger.info.name, s.complete, s.failed, s.ran, time.monotonic() - self.t0)
@@ -78,6 +79,7 @@ class SweepLoop(EventLoop):
         # belongs to the driver that took it over.
         if self.lease.lost.is_set():
             return
+        self.ledger.retry_budget = min(self.ledger.retry_budget, 10.0)  # the user is waiting
         try:
             for job in self.jobs.values():
                 self.ledger.fail(job, self.pool.where(job.actor), "interrupted: the driver stopped",

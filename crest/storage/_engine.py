@@ -19,7 +19,7 @@ __all__ = ["make_engine", "session_scope", "upgrade_schema", "schema_revision", 
 
 logger = logging.getLogger(__name__)
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 _ALEMBIC_DIR = Path(__file__).with_name("_alembic")
 
 

@@ -56,6 +56,7 @@ class StudyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lease_owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
     lease_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_ttl: Mapped[float | None] = mapped_column(Float, nullable=True)  # the holder's, in seconds
 
 
 class TrialRow(Base):

@@ -5,20 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from collections.abc import Iterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crest.config import SweepConfig, parse_sweep
 from crest.exceptions import FormatError, LeaseError, StorageError
+from crest.storage._lease import db_now, lease_age, owner_is_dead_here
 from crest.storage._engine import (
     HEAD_REVISION,
     make_engine,
@@ -32,7 +32,7 @@ from crest.storage._models import ArtifactRow, NodeCheckRow, SensitivityRow, Stu
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Store", "StudyInfo", "TrialRecord", "lease_owner_id"]
+__all__ = ["Store", "StudyInfo", "TrialRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +45,6 @@ def _aware(ts: datetime | None) -> datetime | None:
     if ts is None or ts.tzinfo is not None:
         return ts
     return ts.replace(tzinfo=timezone.utc)
-
-
-def lease_owner_id() -> str:
-    """This process's lease id: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-
-
-def _owner_is_dead_here(owner: str) -> bool:
-    """True when the owner ran on this host and its process no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        logger.info("the lease holder %s ran on this host and has exited", owner)
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass(frozen=True)
@@ -84,20 +63,12 @@ class StudyInfo:
     created_at: datetime
     lease_owner: str | None
     lease_heartbeat: datetime | None
+    lease_ttl: float | None = None
 
     @cached_property
     def config(self) -> SweepConfig:
         """The study's sweep as stored (parsed on first use; ConfigError when invalid)."""
         return parse_sweep(json.loads(self.config_json), source=f"study '{self.name}'")
-
-    def driver_alive(self, ttl: float) -> bool:
-        """True when a driver holds the lease and its heartbeat is fresher than ``ttl`` s."""
-        if self.lease_owner is None or self.lease_heartbeat is None:
-            return False
-        if _owner_is_dead_here(self.lease_owner):
-            return False
-        age = (_utcnow() - _aware(self.lease_heartbeat)).total_seconds()  # type: ignore[operator]
-        return age < ttl
 
 
 @dataclass(frozen=True)
@@ -156,6 +127,7 @@ def _study_info(row: StudyRow) -> StudyInfo:
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
         lease_owner=row.lease_owner,
         lease_heartbeat=_aware(row.lease_heartbeat),
+        lease_ttl=row.lease_ttl,
     )
 
 
@@ -227,6 +199,8 @@ class Store:
             self.upgraded_from = revision
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._optuna: optuna.storages.RDBStorage | None = None
+        self._fence: tuple[int, str] | None = None  # (study id, lease owner) every write checks
+        self.now: Callable[[Session], datetime] = db_now  # the lease clock (tests inject one)
 
     def close(self) -> None:
         """Release connections."""
@@ -254,6 +228,8 @@ class Store:
                 self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
             except Exception as e:  # optuna wraps driver errors in several types
                 raise StorageError(f"Optuna cannot open {self.url}: {e}") from e
+            if self._fence is not None:
+                _fence_sessions(self._optuna.scoped_session.session_factory, self)
         return self._optuna
 
     # studies -----------------------------------------------------------------------------
@@ -278,24 +254,41 @@ class Store:
         with self.session() as s:
             return [_study_info(r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id))]
 
-    def create_study(self, config: SweepConfig, *, sweep_yaml: str) -> StudyInfo:
-        """Insert a new study row for ``config`` (named ``config.study``)."""
-        with self.session() as s:
-            row = StudyRow(
-                name=config.study,
-                sweep_yaml=sweep_yaml,
-                config_json=config.to_json(),
-                workload=config.workload,
-                n_trials=config.n_trials,
-                created_at=_utcnow(),
-            )
-            s.add(row)
-            s.flush()
-            return _study_info(row)
+    def create_study(
+        self, config: SweepConfig, *, sweep_yaml: str, owner: str | None = None, ttl: float | None = None
+    ) -> StudyInfo:
+        """Insert a new study row for ``config`` (named ``config.study``); with ``owner`` the
+        row is born holding that driver's lease (``ttl`` seconds), so a new study's first
+        write is under the lease too.
+
+        Raises:
+            LeaseError: another driver created the study at the same moment.
+        """
+        try:
+            with self.session() as s:
+                row = StudyRow(
+                    name=config.study,
+                    sweep_yaml=sweep_yaml,
+                    config_json=config.to_json(),
+                    workload=config.workload,
+                    n_trials=config.n_trials,
+                    created_at=_utcnow(),
+                    lease_owner=owner,
+                    lease_heartbeat=self.now(s) if owner is not None else None,
+                    lease_ttl=ttl if owner is not None else None,
+                )
+                s.add(row)
+                s.flush()
+                return _study_info(row)
+        except StorageError as e:
+            if isinstance(e.__cause__, IntegrityError):
+                raise LeaseError(f"study '{config.study}' was created by another driver just now") from e
+            raise
 
     def update_config(self, study_id: int, config: SweepConfig) -> None:
         """Store a changed sweep of the same search (trial count, workers) with the study."""
         with self.session() as s:
+            self.check_fence(s)
             s.execute(
                 update(StudyRow)
                 .where(StudyRow.id == study_id)
@@ -305,6 +298,7 @@ class Store:
     def set_baseline(self, study_id: int, blob: bytes, *, accuracy: float, dense_bytes: int) -> str:
         """Store the baseline artifact and point the study at it; returns its SHA-256."""
         with self.session() as s:
+            self.check_fence(s)
             sha = self._put_artifact(s, blob)
             s.execute(
                 update(StudyRow)
@@ -316,36 +310,33 @@ class Store:
     # the driver lease ---------------------------------------------------------------------
 
     def acquire_lease(self, study_id: int, owner: str, *, ttl: float) -> None:
-        """Take the study's lease, or raise LeaseError when a live driver holds it.
+        """Take the study's lease, or raise LeaseError while a live driver holds it.
 
-        A lease is free when nobody holds it, its heartbeat is older than ``ttl`` seconds,
-        or its holder ran on this host and has exited.
+        A lease is free when nobody holds it, when its heartbeat (in the database's clock)
+        is older than the TTL its holder stored with it, or when its holder ran in this
+        boot and pid namespace and has exited. The taker stores its own ``ttl`` (seconds).
         """
-        now = _utcnow()
         with self.session() as s:
             row = s.get(StudyRow, study_id, with_for_update=True)
             if row is None:
                 raise StorageError(f"study id {study_id} vanished")
             holder = row.lease_owner
-            beat = _aware(row.lease_heartbeat)
-            if holder is not None and holder != owner and beat is not None:
-                fresh = (now - beat).total_seconds() < ttl
-                if fresh and not _owner_is_dead_here(holder):
+            now = self.now(s)
+            if holder is not None and holder != owner:
+                age = lease_age(row.lease_heartbeat, now)
+                holder_ttl = row.lease_ttl if row.lease_ttl is not None else ttl
+                if age is not None and age < holder_ttl and not owner_is_dead_here(holder):
                     raise LeaseError(
                         f"study '{row.name}' is being run by another driver ({holder}, heartbeat "
-                        f"{(now - beat).total_seconds():.0f} s ago); stop it first, or wait "
-                        f"{ttl:.0f} s after it died"
+                        f"{age:.0f} s ago); stop it first, or wait {holder_ttl:.0f} s after it died"
                     )
+                logger.info("taking over the lease of study '%s' from %s", row.name, holder)
             # compare-and-set on the values read, so two drivers cannot both win
             result = s.execute(
                 update(StudyRow)
                 .where(StudyRow.id == study_id)
-                .where(
-                    StudyRow.lease_owner.is_(None)
-                    if holder is None
-                    else StudyRow.lease_owner == holder
-                )
-                .values(lease_owner=owner, lease_heartbeat=now)
+                .where(StudyRow.lease_owner.is_(None) if holder is None else StudyRow.lease_owner == holder)
+                .values(lease_owner=owner, lease_heartbeat=now, lease_ttl=ttl)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise LeaseError(f"study '{row.name}' was taken by another driver just now")
@@ -356,18 +347,53 @@ class Store:
             result = s.execute(
                 update(StudyRow)
                 .where(StudyRow.id == study_id, StudyRow.lease_owner == owner)
-                .values(lease_heartbeat=_utcnow())
+                .values(lease_heartbeat=self.now(s))
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def release_lease(self, study_id: int, owner: str) -> None:
-        """Give the lease back (only if this owner holds it)."""
+        """Give the lease back (only if this owner holds it) and stop fencing on it."""
         with self.session() as s:
             s.execute(
                 update(StudyRow)
                 .where(StudyRow.id == study_id, StudyRow.lease_owner == owner)
-                .values(lease_owner=None, lease_heartbeat=None)
+                .values(lease_owner=None, lease_heartbeat=None, lease_ttl=None)
             )
+        self._fence = None
+
+    def driver_alive(self, info: StudyInfo, *, ttl: float) -> bool:
+        """True while a driver holds the study's lease: its heartbeat, in the database's
+        clock, is younger than the holder's stored TTL (``ttl`` s for leases that stored
+        none) and its holder is not known to have exited."""
+        if info.lease_owner is None or owner_is_dead_here(info.lease_owner):
+            return False
+        with self.session() as s:
+            age = lease_age(info.lease_heartbeat, self.now(s))
+        return age is not None and age < (info.lease_ttl if info.lease_ttl is not None else ttl)
+
+    def fence(self, study_id: int, owner: str) -> None:
+        """From now on, every write through this store (crest's rows, and Optuna's through
+        :meth:`optuna_storage`) commits only while ``owner`` holds the study's lease, checked
+        inside the same transaction; otherwise it raises LeaseError and changes nothing."""
+        self._fence = (study_id, owner)
+        if self._optuna is not None:
+            _fence_sessions(self._optuna.scoped_session.session_factory, self)
+
+    def check_fence(self, s: Session) -> None:
+        """Inside a write transaction: raise LeaseError unless this store's fence holds.
+
+        The conditional update locks the study row until the transaction ends, so the lease
+        cannot change hands between this check and the commit."""
+        if self._fence is None:
+            return
+        study_id, owner = self._fence
+        result = s.execute(
+            update(StudyRow)
+            .where(StudyRow.id == study_id, StudyRow.lease_owner == owner)
+            .values(lease_owner=owner)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseError(f"this driver ({owner}) no longer holds the study's lease; the write was not made")
 
     # artifacts ------------------------------------------------------------------------
 
@@ -426,8 +452,18 @@ class Store:
         error: str | None = None,
         transport_bytes: int | None = None,
     ) -> TrialRecord:
-        """Record a finished trial and its artifact in one transaction."""
+        """Record a finished trial and its artifact in one transaction (fenced on the lease).
+
+        Idempotent: recording the same trial again with the same state and artifact (a retry
+        after the connection dropped during the commit) returns its row and writes nothing;
+        a different record for an Optuna trial id that has one raises StorageError.
+        """
         with self.session() as s:
+            self.check_fence(s)
+            done = s.scalars(select(TrialRow).where(TrialRow.optuna_trial_id == optuna_trial_id)).first()
+            sha = hashlib.sha256(blob).hexdigest() if blob is not None else None
+            if done is not None and (done.number, done.state, done.artifact_sha256) == (number, state, sha):
+                return _trial_record(done)
             sha = self._put_artifact(s, blob) if blob is not None else None
             row = TrialRow(
                 study_id=study_id,
@@ -488,6 +524,7 @@ class Store:
     def record_node_check(self, study_id: int, check: dict[str, Any]) -> None:
         """Store one node's decoder check (the dict :func:`crest.orchestrator.check_node` returns)."""
         with self.session() as s:
+            self.check_fence(s)
             s.add(
                 NodeCheckRow(
                     study_id=study_id,
@@ -526,6 +563,7 @@ class Store:
     ) -> None:
         """Replace a layer's sensitivity table with ``points`` of (sparsity, accuracy, drop)."""
         with self.session() as s:
+            self.check_fence(s)
             s.execute(delete(SensitivityRow).where(SensitivityRow.study_id == study_id, SensitivityRow.layer == layer))
             now = _utcnow()
             for sparsity, accuracy, drop in points:
@@ -576,3 +614,31 @@ def _node_check_dict(row: NodeCheckRow) -> dict[str, Any]:
         "checked_at": _aware(row.checked_at).isoformat(),  # type: ignore[union-attr]
     }
 
+
+
+def _fence_sessions(factory: Any, store: Store) -> None:
+    """Fence every write transaction of Optuna's sessions on ``store``'s lease: a transaction
+    that wrote (ORM flushes, or INSERT/UPDATE/DELETE statements) runs
+    :meth:`Store.check_fence` just before it commits."""
+    if getattr(factory, "_crest_fenced", False):
+        return
+    factory._crest_fenced = True
+
+    def wrote(session: Session, *_: Any) -> None:
+        session.info["crest_wrote"] = True
+
+    def statement(state: Any) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            state.session.info["crest_wrote"] = True
+
+    def before_commit(session: Session) -> None:
+        if session.info.pop("crest_wrote", False) or session.new or session.dirty or session.deleted:
+            store.check_fence(session)
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop("crest_wrote", None)
+
+    event.listen(factory, "after_flush", wrote)
+    event.listen(factory, "do_orm_execute", statement)
+    event.listen(factory, "before_commit", before_commit)
+    event.listen(factory, "after_soft_rollback", lambda session, _tx: after_rollback(session))

@@ -101,9 +101,12 @@ def test_second_driver_is_refused_while_the_first_is_alive(sqlite_url: str) -> N
     info = store.require_study("tiny")
     store.acquire_lease(info.id, "otherhost:1234:live", ttl=10)
     try:
+        before = store.require_study("tiny")
         with pytest.raises(LeaseError, match="another driver"):
-            _run(sqlite_url, n_trials=3)
+            _run(sqlite_url, n_trials=3, workers=1)
         assert len(store.trials(info.id)) == 1, "the refused driver ran nothing"
+        after = store.require_study("tiny")
+        assert (after.n_trials, after.config_json) == (before.n_trials, before.config_json), "and wrote nothing"
     finally:
         store.release_lease(info.id, "otherhost:1234:live")
         store.close()

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +11,8 @@ from sqlalchemy import inspect, text
 
 from crest import gpu
 from crest.config import parse_sweep
-from crest.exceptions import LeaseError, StorageError
-from crest.storage import Store, lease_owner_id, study_status
+from crest.exceptions import StorageError
+from crest.storage import Store
 from crest.storage._engine import HEAD_REVISION
 
 from ..helpers import TINY_SWEEP, sqlite_revision
@@ -88,40 +84,6 @@ def test_best_orders_by_size_within_the_drop(storage_url: str) -> None:
         assert [t.number for t in best] == sorted((0, 2), key=lambda n: len(rows[n][1]))
         assert all(t.accuracy_drop <= 0.02 for t in best)
         assert len(store.best(study.id, max_drop=1.0, top=1)) == 1
-    finally:
-        store.close()
-
-
-def test_lease_refuses_a_second_live_driver(storage_url: str) -> None:
-    store = Store(storage_url, create=True)
-    try:
-        study = _study(store)
-        a, b = lease_owner_id(), "elsewhere:1:abcd"
-        store.acquire_lease(study.id, a, ttl=30)
-        store.acquire_lease(study.id, a, ttl=30)  # re-entrant for its holder
-        with pytest.raises(LeaseError, match="another driver"):
-            store.acquire_lease(study.id, b, ttl=30)
-        assert store.heartbeat(study.id, a)
-        assert not store.heartbeat(study.id, b)
-        assert study_status(store, store.require_study("s1"), lease_ttl=30)["driver"] == "running"
-        # a stale heartbeat frees the lease
-        time.sleep(1.1)
-        store.acquire_lease(study.id, b, ttl=1)
-        assert not store.heartbeat(study.id, a), "the old holder learns it lost the lease"
-        store.release_lease(study.id, b)
-        assert store.require_study("s1").lease_owner is None
-    finally:
-        store.close()
-
-
-def test_lease_of_a_dead_local_process_is_free_at_once(storage_url: str) -> None:
-    store = Store(storage_url, create=True)
-    try:
-        study = _study(store)
-        proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-        dead = f"{os.uname().nodename}:{proc.stdout.strip()}:dead"
-        store.acquire_lease(study.id, dead, ttl=3600)
-        store.acquire_lease(study.id, lease_owner_id(), ttl=3600)
     finally:
         store.close()
 

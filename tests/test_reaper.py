@@ -1,0 +1,113 @@
+"""Nothing of a local Ray outlives its driver: records, the watchdog, and a real kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crest._reaper import _runtime_dir, descendants, reap_dead_runs, start_time
+
+from .helpers import TINY_SWEEP
+
+
+def _wait(cond: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def _gone(pid: int, started: int | None) -> bool:
+    return start_time(pid) != started
+
+
+def test_the_next_driver_reaps_what_a_dead_one_recorded_and_nothing_else() -> None:
+    folder = _runtime_dir()
+    assert folder is not None
+    orphan = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_start = start_time(dead.pid)
+    dead.wait()
+    record = folder / f"ray-{dead.pid}-{dead_start}.json"
+    live_record = folder / f"ray-{os.getpid()}-test.json"
+    try:
+        record.write_text(json.dumps({"driver": [dead.pid, dead_start],
+                                      "processes": [[orphan.pid, start_time(orphan.pid)],
+                                                    [bystander.pid, 1]]}))  # a start time that does not match
+        live_record.write_text(json.dumps({"driver": [os.getpid(), start_time(os.getpid())],
+                                           "processes": [[bystander.pid, start_time(bystander.pid)]]}))
+        assert reap_dead_runs() == 1
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None, "a process whose start time differs, or of a live driver, is spared"
+        assert not record.exists() and live_record.exists()
+    finally:
+        live_record.unlink(missing_ok=True)
+        for p in (orphan, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_the_watchdog_reaps_when_its_driver_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys, time
+        from crest._reaper import RayReaper
+        child = subprocess.Popen(["sleep", "120"], start_new_session=True)  # as Ray's agents run
+        time.sleep(0.2)
+        RayReaper().start()
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """))
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child = int(driver.stdout.readline())  # type: ignore[union-attr]
+    started = start_time(child)
+    assert started is not None
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver's whole process group, as a terminal kill would
+    driver.wait()
+    try:
+        assert _wait(lambda: _gone(child, started), 15), "the watchdog stopped the orphan"
+    finally:
+        if not _gone(child, started):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_launch_leaves_no_process_behind(tmp_path: Path) -> None:
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "n_trials": 30, "stages": [
+        {"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.2]}}},
+        {"type": "retrain", "epochs": 150},
+    ]}))
+    driver = subprocess.Popen([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert _wait(lambda: any("ray::TrialWorker" in _cmdline(p) for p in descendants(driver.pid)), 120)
+        tree = {p: start_time(p) for p in descendants(driver.pid)}
+        driver.send_signal(signal.SIGKILL)  # the driver alone: `kill -9 PID`
+        driver.wait()
+        assert _wait(lambda: all(_gone(p, t) for p, t in tree.items()), 30), [
+            _cmdline(p) for p, t in tree.items() if not _gone(p, t)
+        ]
+    finally:
+        for p in descendants(driver.pid):
+            os.kill(p, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
