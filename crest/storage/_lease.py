@@ -65,10 +65,10 @@ def db_now(s: Session) -> datetime:
     """The database server's current time (UTC, timezone-aware): every lease time is in it,
     so that no driver's own clock matters."""
     if s.get_bind().dialect.name == "sqlite":
-        value = s.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
-        return datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc)
-    value = s.execute(text("SELECT clock_timestamp()")).scalar_one()
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        text_now = s.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+        return datetime.fromisoformat(str(text_now)).replace(tzinfo=timezone.utc)
+    now: datetime = s.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
 
 
 def lease_age(beat: datetime | None, now: datetime) -> float | None:
