@@ -44,6 +44,7 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+import crest
 from crest._reaper import descendants, start_time
 from crest.storage import Store
 
@@ -249,12 +250,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "code": {"crest": str(Path(crest.__file__).parent), "commit": _commit()},
         "args": vars(args),
         "seconds": round(time.monotonic() - t0, 1),
         "counts": asdict(counts),
         "checks": checks,
         "ok": ok,
     }
+
+
+def _commit() -> str | None:
+    """The git commit of the crest that ran (CREST_CHAOS_COMMIT, else git), or None."""
+    if os.environ.get("CREST_CHAOS_COMMIT"):
+        return os.environ["CREST_CHAOS_COMMIT"]
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(crest.__file__).parent, capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 def _check(url: str, n_trials: int) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """Nothing of a local Ray outlives the crest driver that started it.
 
 ``kill -9`` of a driver takes Ray's GCS and raylet with it, but Ray's agent processes are
-reparented to init and keep running. So a driver that starts a local Ray records every
-process of it (pid and kernel start time, which together cannot name another process) in
-a file of its own, and a watchdog process, in a session of its own, holds a pipe from the
-driver: when the pipe closes (the driver exited, however it died) the watchdog kills what
-is left of the recorded processes. The next ``launch`` or ``resume`` on the host also
-reaps the records of drivers that are gone, in case the watchdog was killed too.
+reparented to init and keep running. So before a driver starts a local Ray it starts a
+watchdog process, in a session of its own, that holds a pipe from the driver. While Ray
+starts, the watchdog records every new process below the driver; once the driver says
+Ray is up, only what descends from those processes (workers, agents). Each record is a
+pid with its kernel start time, which together cannot name another process, and the
+record is also kept in a file. When the pipe closes (the driver exited, however it died,
+or shut Ray down) the watchdog kills what is left of the recorded processes. The next
+``launch`` or ``resume`` on the host also reaps the files of drivers that are gone, in
+case the watchdog was killed too.
 
 Only processes in a record are ever signalled, and only while their start time still
 matches; records live in a directory only this user can write. Standard library only, so
@@ -128,66 +131,106 @@ def reap_dead_runs() -> int:
 
 
 class RayReaper:
-    """Records this driver's local Ray and keeps a watchdog that reaps it if the driver dies.
+    """The driver's side: a watchdog that reaps this process's local Ray when it is gone.
 
-    Call :meth:`start` right after starting Ray, and :meth:`stop` after shutting it down.
+    Call :meth:`start` right before starting Ray, :meth:`ray_started` once it is up, and
+    :meth:`stop` after shutting it down.
     """
 
     def __init__(self) -> None:
-        self._record: Path | None = None
         self._pipe: IO[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Record every process below this one and start the watchdog."""
+        """Start the watchdog; it records every process this one starts from now on."""
         folder = _runtime_dir()
-        me = os.getpid()
-        started = start_time(me)
+        me, started = os.getpid(), start_time(os.getpid())
         if folder is None or started is None:
             return
-        processes = [[pid, t] for pid in descendants(me) if (t := start_time(pid)) is not None]
-        self._record = folder / f"ray-{me}-{started}.json"
-        tmp = self._record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"driver": [me, started], "processes": processes}), encoding="utf-8")
-        os.replace(tmp, self._record)
+        record = folder / f"ray-{me}-{started}.json"
+        before = ",".join(str(p) for p in descendants(me))  # this process's own children: not Ray's
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "crest._reaper", str(self._record)],
+            [sys.executable, "-m", "crest._reaper", str(record), str(me), str(started), before],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # not in the driver's process group: a group kill spares it
         )
         self._pipe = self._watchdog.stdin
-        logger.debug("recorded %d Ray processes in %s", len(processes), self._record)
+
+    def ray_started(self) -> None:
+        """Ray is up: from now on the watchdog follows only Ray's own processes."""
+        if self._pipe is not None:
+            try:
+                self._pipe.write(b"up\n")
+                self._pipe.flush()
+            except OSError as e:
+                logger.warning("the Ray watchdog is gone (%s); the next launch reaps instead", e)
 
     def stop(self) -> None:
-        """After a clean shutdown: reap stragglers, drop the record, release the watchdog."""
-        if self._record is not None:
-            record = _read_record(self._record)
-            if record is not None:
-                _kill_recorded(record[2])
-            self._record.unlink(missing_ok=True)
+        """After Ray's shutdown: the watchdog reaps stragglers and exits."""
         if self._pipe is not None:
-            self._pipe.close()  # the watchdog sees the pipe close, finds no record, and exits
+            try:
+                self._pipe.close()
+            except OSError as e:  # it died already: nothing to release
+                logger.debug("closing the Ray watchdog's pipe: %s", e)
         if self._watchdog is not None:
             try:
-                self._watchdog.wait(timeout=5)
+                self._watchdog.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 logger.warning("the Ray watchdog did not exit; stopping it")
                 self._watchdog.kill()
 
 
-def _watch(record: Path) -> None:
-    """The watchdog: wait for the driver's pipe to close, then reap its Ray if it left one."""
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    except OSError:
-        pass  # a broken pipe is the driver going away, as EOF is
-    data = _read_record(record) if record.exists() else None
-    if data is not None:
-        _kill_recorded(data[2])
-        record.unlink(missing_ok=True)
+class _Watch:
+    """The watchdog's state: the processes of one driver's Ray, kept in memory and on disk."""
+
+    def __init__(self, record: Path, driver: int, driver_start: int, before: set[int]) -> None:
+        self.record, self.driver, self.driver_start = record, driver, driver_start
+        self.before = before | {os.getpid()}  # the driver's children before Ray, and this watchdog
+        self.seen: dict[int, int] = {}
+        self.ray_up = False
+
+    def scan(self) -> None:
+        """Record new processes: below the driver while Ray starts, then below Ray's own."""
+        # a recorded process that exited may have its pid reused: only live ones are roots
+        roots = [self.driver] if not self.ray_up else [p for p, t in self.seen.items() if start_time(p) == t]
+        found = {p for root in roots for p in descendants(root)} - self.before
+        new = {p: t for p in found if p not in self.seen and (t := start_time(p)) is not None}
+        if new:
+            self.seen.update(new)
+            tmp = self.record.with_suffix(".tmp")
+            processes = [[p, t] for p, t in self.seen.items()]
+            tmp.write_text(json.dumps({"driver": [self.driver, self.driver_start], "processes": processes}))
+            os.replace(tmp, self.record)
+
+    def reap(self) -> None:
+        """The driver is gone or done: kill what is left of its Ray and drop the record."""
+        self.scan()  # the last children, started while the driver died
+        _kill_recorded([[p, t] for p, t in self.seen.items()])
+        self.record.unlink(missing_ok=True)
+
+
+def _watch(record: Path, driver: int, driver_start: int, before: set[int], *, every: float = 0.2) -> None:
+    """The watchdog's loop: scan while the driver's pipe is open, reap when it closes."""
+    import selectors
+
+    watch = _Watch(record, driver, driver_start, before)
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin.buffer, selectors.EVENT_READ)
+    while True:
+        if sel.select(timeout=every):
+            try:
+                data = os.read(sys.stdin.fileno(), 4096)
+            except OSError:
+                data = b""  # a broken pipe is the driver going away, as EOF is
+            if not data:
+                break
+            if b"up" in data:
+                watch.scan()
+                watch.ray_up = True
+        watch.scan()
+    watch.reap()
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the terminal is the driver's to handle
-    _watch(Path(sys.argv[1]))
+    _watch(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), {int(p) for p in sys.argv[4].split(",") if p})

@@ -65,24 +65,32 @@ def test_the_watchdog_reaps_when_its_driver_is_killed(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent("""
         import subprocess, sys, time
         from crest._reaper import RayReaper
-        child = subprocess.Popen(["sleep", "120"], start_new_session=True)  # as Ray's agents run
-        time.sleep(0.2)
-        RayReaper().start()
-        print(child.pid, flush=True)
+        mine = subprocess.Popen(["sleep", "120"])  # the driver's own child from before: not Ray's
+        reaper = RayReaper()
+        reaper.start()
+        # as Ray starts its agents in sessions of their own; up == "Ray is up" or killed in ray.init
+        child = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        time.sleep(0.6)
+        if sys.argv[1] == "up":
+            reaper.ray_started()
+            time.sleep(0.2)
+        print(child.pid, mine.pid, flush=True)
         time.sleep(120)
     """))
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    child = int(driver.stdout.readline())  # type: ignore[union-attr]
-    started = start_time(child)
-    assert started is not None
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver's whole process group, as a terminal kill would
-    driver.wait()
-    try:
-        assert _wait(lambda: _gone(child, started), 15), "the watchdog stopped the orphan"
-    finally:
-        if not _gone(child, started):
-            os.kill(child, signal.SIGKILL)
+    for phase in ("starting", "up"):
+        driver = subprocess.Popen([sys.executable, str(script), phase], stdout=subprocess.PIPE, text=True)
+        child, mine = (int(x) for x in driver.stdout.readline().split())  # type: ignore[union-attr]
+        started, mine_started = start_time(child), start_time(mine)
+        assert started is not None
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        try:
+            assert _wait(lambda: _gone(child, started), 15), f"the watchdog stopped the orphan ({phase})"
+            assert not _gone(mine, mine_started), "the driver's own earlier child was left alone"
+        finally:
+            for pid, t in ((child, started), (mine, mine_started)):
+                if not _gone(pid, t):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

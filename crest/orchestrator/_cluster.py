@@ -46,6 +46,8 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
     previous_term = signal.getsignal(signal.SIGTERM)
     if address is None:
         reap_dead_runs()  # what the local Rays of drivers killed on this host left behind
+        _reaper = RayReaper()
+        _reaper.start()  # before Ray starts, so that a driver killed during ray.init leaves nothing
     try:
         if address is None:
             # "local" always starts a new instance, never joining a cluster that another
@@ -61,11 +63,13 @@ def connect(address: str | None, *, cpus_needed: float) -> bool:
         else:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError...
+        if _reaper is not None:
+            _reaper.stop()
+            _reaper = None
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise SweepError(f"cannot {where}: {e}") from e
-    if address is None:
-        _reaper = RayReaper()
-        _reaper.start()
+    if _reaper is not None:
+        _reaper.ray_started()
     logger.info("%s Ray: %s CPUs, %s GPUs", "started a local" if address is None else f"joined {address} with",
                 ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
     # Ray installs a SIGTERM handler that aborts the process; a caller's own handler
