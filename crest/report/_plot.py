@@ -8,7 +8,7 @@ from pathlib import Path
 
 from crest.exceptions import ConfigError
 from crest.report._data import StudyData, load_study_data
-from crest.report._files import write_atomic
+from crest._atomic import write_atomic
 from crest.storage import Store, TrialRecord
 
 __all__ = ["PLOT_KINDS", "PlotResult", "check_kind", "plot_study", "resolve_kinds"]
@@ -87,6 +87,6 @@ def plot_study(store: Store, study: str, output: Path, *, kind: str = "pareto", 
         from crest.report._static import render_static
 
         blob = render_static(data, kinds, trial=chosen, fmt=fmt)
-    write_atomic(output, blob)
+    write_atomic(output, blob, force=True)  # plots and reports are rewritten in place
     shown = chosen.number if chosen is not None and "layers" in kinds else None
     return PlotResult(output, len(blob), kinds, shown)

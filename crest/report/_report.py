@@ -16,7 +16,7 @@ from typing import Any
 
 from crest import __version__
 from crest.report._data import StudyData, load_study_data
-from crest.report._files import write_atomic
+from crest._atomic import write_atomic
 from crest.report._plot import resolve_kinds
 from crest.report._static import render_static, weight_layers
 from crest.report._units import KB
@@ -67,7 +67,7 @@ def write_report(store: Store, study: str, output: Path, *, top: int = 10) -> in
     """
     data = load_study_data(store, study)
     blob = render_report(data, top=top).encode("utf-8")
-    write_atomic(output, blob)
+    write_atomic(output, blob, force=True)  # plots and reports are rewritten in place
     return len(blob)
 
 
