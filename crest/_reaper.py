@@ -157,10 +157,13 @@ class RayReaper:
         self._pipe = self._watchdog.stdin
 
     def ray_started(self) -> None:
-        """Ray is up: from now on the watchdog follows only Ray's own processes."""
+        """Ray is up: hand the watchdog every process Ray started (so that none depends on
+        its polling), after which it follows only those and their children."""
         if self._pipe is not None:
+            me = os.getpid()
+            mine = " ".join(f"{p}:{t}" for p in descendants(me) if (t := start_time(p)) is not None)
             try:
-                self._pipe.write(b"up\n")
+                self._pipe.write(f"up {mine}\n".encode())
                 self._pipe.flush()
             except OSError as e:
                 logger.warning("the Ray watchdog is gone (%s); the next launch reaps instead", e)
@@ -189,6 +192,14 @@ class _Watch:
         self.seen: dict[int, int] = {}
         self.ray_up = False
 
+    def add(self, line: bytes) -> None:
+        """Record the ``pid:start`` pairs of the driver's "up" line."""
+        for item in line.split()[1:]:
+            pid, _, started = item.partition(b":")
+            if pid.isdigit() and started.isdigit() and int(pid) not in self.before:
+                self.seen.setdefault(int(pid), int(started))
+        self._save()
+
     def scan(self) -> None:
         """Record new processes: below the driver while Ray starts, then below Ray's own."""
         # a recorded process that exited may have its pid reused: only live ones are roots
@@ -197,10 +208,14 @@ class _Watch:
         new = {p: t for p in found if p not in self.seen and (t := start_time(p)) is not None}
         if new:
             self.seen.update(new)
-            tmp = self.record.with_suffix(".tmp")
-            processes = [[p, t] for p, t in self.seen.items()]
-            tmp.write_text(json.dumps({"driver": [self.driver, self.driver_start], "processes": processes}))
-            os.replace(tmp, self.record)
+            self._save()
+
+    def _save(self) -> None:
+        """The record file, for the next launch to reap from if this watchdog is killed too."""
+        tmp = self.record.with_suffix(".tmp")
+        processes = [[p, t] for p, t in self.seen.items()]
+        tmp.write_text(json.dumps({"driver": [self.driver, self.driver_start], "processes": processes}))
+        os.replace(tmp, self.record)
 
     def reap(self) -> None:
         """The driver is gone or done: kill what is left of its Ray and drop the record."""
@@ -209,24 +224,31 @@ class _Watch:
         self.record.unlink(missing_ok=True)
 
 
-def _watch(record: Path, driver: int, driver_start: int, before: set[int], *, every: float = 0.2) -> None:
-    """The watchdog's loop: scan while the driver's pipe is open, reap when it closes."""
+def _watch(record: Path, driver: int, driver_start: int, before: set[int]) -> None:
+    """The watchdog's loop: scan while the driver's pipe is open, reap when it closes.
+
+    While Ray starts it looks every 20 ms (its agents are orphaned the moment a killed
+    driver takes the raylet with it), then every 200 ms."""
     import selectors
 
     watch = _Watch(record, driver, driver_start, before)
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin.buffer, selectors.EVENT_READ)
+    pending = b""
     while True:
-        if sel.select(timeout=every):
+        if sel.select(timeout=0.2 if watch.ray_up else 0.02):
             try:
-                data = os.read(sys.stdin.fileno(), 4096)
+                data = os.read(sys.stdin.fileno(), 65536)
             except OSError:
                 data = b""  # a broken pipe is the driver going away, as EOF is
             if not data:
                 break
-            if b"up" in data:
-                watch.scan()
-                watch.ray_up = True
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.startswith(b"up"):
+                    watch.add(line)
+                    watch.ray_up = True
         watch.scan()
     watch.reap()
 

@@ -69,10 +69,19 @@ def _echo_json(obj: Any) -> None:
 
 
 def _open_store(url: str, *, upgrade: bool = False) -> Any:
-    """An existing crest database; read-only callers leave an older schema untouched."""
+    """An existing crest database: read-only (no write, no schema or setting changed, fine
+    for a read-only role) unless ``upgrade``, which brings an older schema up to date."""
     from crest.storage import Store
 
-    return Store(url, create=False, upgrade=upgrade)
+    if upgrade:
+        return Store(url, create=False, upgrade=True)
+    return Store(url, create=False, upgrade=False, read_only=True)
+
+
+def _shown(url: str) -> str:
+    from crest.storage import shown_url
+
+    return str(shown_url(url))
 
 
 @app.command()
@@ -157,6 +166,15 @@ def resume(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto' or host:port).")] = None,
     lease_ttl: LeaseTtlOpt = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    workload: Annotated[
+        Optional[str],
+        typer.Option(
+            "--workload",
+            help="Confirm a study's own module:function workload: its code is imported only when you name it "
+            "here (or launch its sweep file again), never because a database row names it.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Resume an interrupted study: trials that were running are re-run, completed ones kept."""
     url = _storage(storage)
@@ -165,6 +183,14 @@ def resume(
         info = store.require_study(study)
     finally:
         store.close()
+    stored = info.config.workload
+    if workload is not None and workload != stored:
+        raise ConfigError(f"--workload: study '{study}' runs '{stored}', not '{workload}'")
+    if ":" in stored and workload is None:
+        raise ConfigError(
+            f"study '{study}' runs the workload '{stored}', which imports code from the working directory; "
+            f"resume it with --workload {stored} if that is yours, or launch its sweep file again"
+        )
     config = info.config.replace(n_trials=n_trials, workers=workers, storage=url, ray_address=address)
     _run_driver(config, info.sweep_yaml, lease_ttl=lease_ttl, quiet=quiet)
 
@@ -194,7 +220,8 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     except KeyboardInterrupt:
         typer.echo(
             f"crest: interrupted; completed trials are kept. Continue with: crest resume {config.study}"
-            + (f" --storage {config.storage}" if config.storage != DEFAULT_STORAGE else ""),
+            + (f" --storage {_shown(config.storage)}" if config.storage != DEFAULT_STORAGE else "")
+            + (f" --workload {config.workload}" if ":" in config.workload else ""),
             err=True,
         )
         raise typer.Exit(130) from None
@@ -419,13 +446,19 @@ def export(
         Optional[int], typer.Option("--trial", help="Trial number. Default: the best feasible trial.")
     ] = None,
     storage: StorageOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing file (or replace a symbolic link, not following it).")
+    ] = False,
 ) -> None:
-    """Write a trial's artifact, byte for byte as stored (its SHA-256 is verified)."""
+    """Write a trial's artifact, byte for byte as stored (its SHA-256 is verified).
+
+    The file is written whole or not at all: a failed or interrupted export leaves an
+    existing file as it was.
+    """
+    from crest._atomic import check_target, write_atomic
     from crest.storage import max_drop_of
 
-    if output.exists() and not force:
-        raise ConfigError(f"{output} exists (use --force to overwrite)")
+    check_target(output, force=force)
     store = _open_store(_storage(storage))
     try:
         info = store.require_study(study)
@@ -441,10 +474,7 @@ def export(
         blob = store.get_artifact(record.artifact_sha256)
     finally:
         store.close()
-    try:
-        output.write_bytes(blob)
-    except OSError as e:
-        raise ConfigError(f"cannot write {output}: {e.strerror}") from e
+    write_atomic(output, blob, force=force)
     typer.echo(f"wrote {output}: trial {record.number}, {len(blob):,} bytes, sha256 {record.artifact_sha256}")
 
 
@@ -518,9 +548,9 @@ def upgrade_storage(storage: StorageOpt = None) -> None:
     store = _open_store(url, upgrade=True)
     store.close()
     if store.upgraded_from is None:
-        typer.echo(f"{url}: crest schema {HEAD_REVISION}, already current")
+        typer.echo(f"{_shown(url)}: crest schema {HEAD_REVISION}, already current")
     else:
-        typer.echo(f"{url}: crest schema upgraded from {store.upgraded_from} to {HEAD_REVISION}")
+        typer.echo(f"{_shown(url)}: crest schema upgraded from {store.upgraded_from} to {HEAD_REVISION}")
 
 
 @app.command()
@@ -568,13 +598,16 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: runs the app; CrestError -> one line on stderr, exit 2."""
+    """Console entry point: runs the app. A CrestError prints one line on stderr and exits 2;
+    a usage error prints click's usage and one ``Error:`` line and exits 2; anything else
+    unexpected prints one line (the traceback goes to the debug log) and exits 1. No line
+    shows a database password."""
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
         code = app(standalone_mode=False)
     except CrestError as e:
         logger.debug("the command failed", exc_info=True)
-        typer.echo(f"crest: error: {e}", err=True)
+        typer.echo(f"crest: error: {_one_line(str(e))}", err=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -584,11 +617,30 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("crest: interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except Exception as e:
+        if _usage_error(e):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        logger.debug("unexpected error", exc_info=True)
+        typer.echo(
+            f"crest: error: {type(e).__name__}: {_one_line(str(e)) or '(no message)'} "
+            "(a bug in crest? --log-level debug shows the traceback)",
+            err=True,
+        )
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+def _usage_error(e: BaseException) -> bool:
+    """Whether ``e`` is click's usage error (a ClickException), found through the exception's
+    own classes: typer may bring its own copy of click (``typer._click``) or use the package."""
+    return any(
+        c.__name__ == "ClickException" and c.__module__.endswith("click.exceptions") for c in type(e).__mro__
+    )
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, passwords in URLs written ``***``."""
+    from crest._logging import redact
+
+    return redact(" ".join(part.strip() for part in text.strip().splitlines() if part.strip()))
+
+

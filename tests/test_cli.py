@@ -23,10 +23,16 @@ from crest.tasks import evaluate, get_workload, model_from_tensors
 from .helpers import TINY_SWEEP, sqlite_revision
 
 
+def _default_signals() -> None:
+    """In a child: Ctrl-C acts as in a terminal, even when pytest was started from a shell
+    that ignores SIGINT (a background job), whose children would inherit the ignore."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def crest(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "crest", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, preexec_fn=_default_signals,
     )
 
 
@@ -242,7 +248,8 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
             store.close()
 
     first = subprocess.Popen([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q"], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=_default_signals)
     try:
         _wait_for(lambda: _complete(db, "tiny") >= 2, 180, "2 complete trials")
         # a second driver on the live study is refused, and writes nothing
@@ -256,7 +263,8 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
 
     # resume, kill again mid-way, resume to the end
     again = subprocess.Popen([sys.executable, "-m", "crest", "resume", "tiny", "-q"], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=_default_signals)
     try:
         target = min(n - 1, len(seen_complete) + 2)
         _wait_for(lambda: _complete(db, "tiny") >= target or again.poll() is not None, 180, "more trials")
@@ -302,7 +310,8 @@ def test_interrupt_leaves_the_study_resumable(tmp_path: Path, sig: signal.Signal
     ])
     db = tmp_path / "crest.db"
     proc = subprocess.Popen([sys.executable, "-m", "crest", "launch", "sweep.yaml", "-q"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_signals)
     try:
         # interrupt while a trial runs (a worker may still be starting when the first
         # trial completes; with nothing in flight there would be nothing to re-queue)
@@ -334,3 +343,22 @@ def test_help_shows_the_results_commands_and_the_best_filters(tmp_path: Path) ->
     for words in (".png, .svg or .html", "--kind", "pareto, history, layers, sensitivity, or all", "--trial"):
         assert words in plot, words
     assert "--output" in crest("report", "--help", cwd=tmp_path).stdout
+
+
+def test_resume_imports_a_study_s_own_code_only_when_the_user_names_it(tmp_path: Path) -> None:
+    """A database row naming module:function (a tampered one, say) runs nothing on resume."""
+    from crest.config import parse_sweep
+
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil_wl.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef make():\n    raise SystemExit\n")
+    store = Store(f"sqlite:///{tmp_path / 'crest.db'}", create=True)
+    try:
+        store.create_study(parse_sweep({**TINY_SWEEP, "workload": "evil_wl:make"}), sweep_yaml="x")
+    finally:
+        store.close()
+    out = crest("resume", "tiny", cwd=tmp_path)
+    assert out.returncode == 2 and "--workload evil_wl:make" in out.stderr, out.stderr
+    assert not marker.exists(), "the module a row names was not imported"
+    out = crest("resume", "tiny", "--workload", "other:make", cwd=tmp_path)
+    assert out.returncode == 2 and "runs 'evil_wl:make'" in out.stderr
+    assert not marker.exists()

@@ -9,6 +9,7 @@ any malformed input makes the readers raise :class:`FormatError`.
 
 - :func:`encode`, :func:`decode`, :func:`parse` (validated, undecoded
   :class:`EncodedTensor` views), :func:`decode_tensor`, :func:`sha256` (the artifact id);
+- :func:`check_tensor`: parse's checks of one sparse tensor built from other arrays;
 - :func:`read_header`: the header alone (a :class:`Header`), without reading a section;
 - :func:`inspect`: the full validation and a size report;
 - :func:`to_transport` / :func:`from_transport` / :func:`transport_size`: the
@@ -35,6 +36,7 @@ from crest.exceptions import FormatError
 from crest.format._codec import (
     FORMAT_VERSION,
     EncodedTensor,
+    check_tensor,
     decode,
     decode_tensor,
     encode,
@@ -66,6 +68,7 @@ __all__ = [
     "FormatError",
     "Header",
     "TensorInfo",
+    "check_tensor",
     "decode",
     "decode_tensor",
     "encode",

@@ -45,6 +45,7 @@ __all__ = [
     "decode_tensor",
     "parse",
     "parse_with_header",
+    "check_tensor",
     "sha256",
 ]
 
@@ -256,6 +257,8 @@ def encode(
     """
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+    if len(tensors) > _container.MAX_TENSORS:
+        raise ValueError(f"{len(tensors)} tensors; a crest file holds at most {_container.MAX_TENSORS}")
     index_bits = _check_width(index_bits, "index_bits")
     code_bits = _check_width(code_bits, "code_bits")
     if type(chunk_entries) is not int:
@@ -414,6 +417,24 @@ def _iter_entries(t: EncodedTensor, where: str) -> Iterator[tuple[np.ndarray, np
         if start + count == n and int(codes[-1]) == 0:
             raise FormatError(f"{where}: the last entry has code 0 (a trailing filler entry)")
         yield pos, codes
+
+
+def check_tensor(t: EncodedTensor) -> None:
+    """Run every check :func:`parse` runs on one sparse tensor's content: the codebook's
+    zero, stream padding, the chunk table, and every entry's code and position.
+
+    For arrays that did not come from :func:`parse` (e.g. a torch module's state dict)
+    before a GPU launch is planned from them.
+
+    Raises:
+        FormatError: the tensor is not sparse, or any check fails.
+    """
+    where = f"tensor {t.name[:200]!r}"
+    if t.encoding != "sparse":
+        raise FormatError(f"{where}: not sparse")
+    _check_content(t, where)
+    for _ in _iter_entries(t, where):
+        pass
 
 
 def parse_with_header(blob: bytes, *, walk_entries: bool = True) -> tuple[dict[str, Any], list[EncodedTensor]]:

@@ -38,6 +38,7 @@ __all__ = [
     "PREFIX_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_TENSORS",
     "SECTION_KEYS",
     "SectionRef",
     "align",
@@ -61,8 +62,11 @@ ALIGN = 64
 # magic, format version, CRC-32 of the header JSON, header length N
 _PREFIX = struct.Struct("<8sIIQ")
 PREFIX_BYTES = _PREFIX.size  # 24
-MAX_HEADER_BYTES = 64 * 2**20
+# Parsing JSON takes up to ~25x its bytes in Python objects (``[{},{},...]``), so the header
+# is bounded where that stays cheap (~200 MB); a header of 16,384 tensors of ~400 bytes fits.
+MAX_HEADER_BYTES = 8 * 2**20
 MAX_JSON_DEPTH = 64
+MAX_TENSORS = 16384  # tensors one header may list: bounds the per-entry checks
 _CRC_MAX = 2**32 - 1
 SECTION_KEYS = frozenset({"offset", "length", "crc32"})
 _TOP_KEYS = frozenset({"format", "version", "metadata", "tensors"})
@@ -256,6 +260,8 @@ def _parse_header(header_bytes: bytes, version: int) -> dict[str, Any]:
         raise FormatError("header field 'metadata' must be an object")
     if not isinstance(header["tensors"], list):
         raise FormatError("header field 'tensors' must be a list")
+    if len(header["tensors"]) > MAX_TENSORS:
+        raise FormatError(f"header lists {len(header['tensors'])} tensors; the limit is {MAX_TENSORS}")
     return header
 
 

@@ -37,6 +37,8 @@ from crest.format._header import CHUNK_ROW_BYTES, CHUNK_TABLE_COLUMNS, DEFAULT_M
 __all__ = [
     "DEFAULT_BLOCK_LOG2",
     "MAX_CODE_LENGTH",
+    "TRANSPORT_ALLOWANCE",
+    "TRANSPORT_EXPANSION",
     "TRANSPORT_MAGIC",
     "TRANSPORT_VERSION",
     "canonical_codes",
@@ -44,6 +46,7 @@ __all__ = [
     "from_transport",
     "length_limit",
     "to_transport",
+    "transport_output_cap",
     "transport_size",
     "transport_size_parsed",
 ]
@@ -63,6 +66,13 @@ PREFIX_BYTES = _PREFIX.size  # 65
 _CRC_AT = 12  # offset of the CRC-32 field in the prefix
 _CRC_FROM = 16  # the CRC covers the file from here on
 _DEFLATE_LEVEL = 9
+
+# What a transport file justifies by default: every stored, Huffman-coded or raw byte
+# rebuilds to at most ~20 bytes of crest file (a 1-bit code of a 16-bit symbol, its chunk
+# table share, section padding), so 64x with a 16 MiB allowance admits every honest file
+# but constant streams (no payload at all) beyond that; their callers pass max_output_bytes.
+TRANSPORT_EXPANSION = 64
+TRANSPORT_ALLOWANCE = 16 * 2**20
 
 MODE_STORED, MODE_CONSTANT, MODE_HUFFMAN_DENSE, MODE_HUFFMAN_SPARSE = 0, 1, 2, 3
 _LENGTH_FIELD_BITS = 5  # a code length in a dense table
@@ -672,15 +682,23 @@ def _layout(header: dict[str, Any], head_end: int) -> tuple[list[tuple[dict[str,
     return out, _container.align(head_end) + _container.align(pos)
 
 
-def from_transport(
-    data: bytes | bytearray | memoryview, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
-) -> bytes:
+def transport_output_cap(transport_bytes: int) -> int:
+    """The default ``max_output_bytes`` of :func:`from_transport` for a transport file of
+    ``transport_bytes`` bytes: ``min(8 GiB, max(16 MiB, 64 x transport_bytes))`` bytes."""
+    return min(DEFAULT_MAX_OUTPUT_BYTES, max(TRANSPORT_ALLOWANCE, TRANSPORT_EXPANSION * transport_bytes))
+
+
+def from_transport(data: bytes | bytearray | memoryview, *, max_output_bytes: int | None = None) -> bytes:
     """Rebuild the exact crest file from its transport form.
 
     Args:
         data: a transport file from :func:`to_transport`.
         max_output_bytes: refuse transport files whose crest file would be longer than
-            this (default 8 GiB), checked before anything of that size is allocated.
+            this many bytes, checked from the fixed prefix before anything is inflated or
+            allocated. None (the default): what the input justifies,
+            :func:`transport_output_cap` (64 bytes per transport byte, at least 16 MiB, at
+            most 8 GiB); only constant streams expand further, and a caller expecting
+            such a file passes its size.
 
     Returns:
         The original crest file, byte for byte (its SHA-256 is checked against the one
@@ -694,10 +712,14 @@ def from_transport(
         ValueError: ``max_output_bytes`` is negative.
     """
     data = _container.as_bytes(data)
-    if type(max_output_bytes) is not int:
+    if max_output_bytes is None:
+        cap = transport_output_cap(len(data))
+    elif type(max_output_bytes) is not int:
         raise TypeError(f"max_output_bytes must be an int, got {type(max_output_bytes).__name__}")
-    if max_output_bytes < 0:
+    elif max_output_bytes < 0:
         raise ValueError(f"max_output_bytes must be >= 0, got {max_output_bytes}")
+    else:
+        cap = max_output_bytes
     size = len(data)
     if size < PREFIX_BYTES:
         if data[: len(TRANSPORT_MAGIC)] != TRANSPORT_MAGIC[:size]:
@@ -714,6 +736,15 @@ def from_transport(
         raise FormatError(f"block size 2**{block_log2} out of range")
     if header_len > _container.MAX_HEADER_BYTES:
         raise FormatError(f"header length {header_len} exceeds {_container.MAX_HEADER_BYTES}")
+    if _container.PREFIX_BYTES + header_len > file_len:
+        raise FormatError(f"a {header_len}-byte header does not fit the stated {file_len}-byte file")
+    if file_len > cap:
+        logger.warning("refused a %d-byte transport file that would rebuild to %d bytes", size, file_len)
+        hint = (
+            f"max_output_bytes={max_output_bytes}" if max_output_bytes is not None
+            else f"{cap} bytes, what a {size}-byte transport file justifies; pass max_output_bytes to allow more"
+        )
+        raise FormatError(f"the crest file would be {file_len} bytes, above {hint}")
     cur = _Cursor(data, PREFIX_BYTES)
     zstart = cur.take(zlen, "deflated header")
     try:
@@ -730,8 +761,6 @@ def from_transport(
     layout, want_len = _layout(parsed, head_end)
     if want_len != file_len:
         raise FormatError(f"the header implies a {want_len}-byte file, the transport says {file_len}")
-    if file_len > max_output_bytes:
-        raise FormatError(f"the crest file would be {file_len} bytes, above max_output_bytes={max_output_bytes}")
 
     block = 1 << block_log2
     records: list[tuple[dict[str, Any], dict[str, int], list[Any]]] = []
@@ -766,9 +795,10 @@ def from_transport(
         n_bytes = fields["n_codes"] * itemsize
         out[d0 + offsets["codebook"] : d0 + offsets["codebook"] + n_bytes] = src[items[0] : items[0] + n_bytes]
         _rebuild_sparse(src, out, d0, fields, offsets, items[1], items[2])
-    blob = out.tobytes()
-    if hashlib.sha256(blob).digest() != digest:
+    if hashlib.sha256(out.data).digest() != digest:  # before copying it into bytes
         raise FormatError("the rebuilt crest file's SHA-256 differs from the one stored in the transport file")
+    blob = out.tobytes()
+    del out
     _codec.parse(blob)
     return blob
 

@@ -266,7 +266,8 @@ def fill_args(out: Any, starts: Any, ends: Any, n_regions: int, itemsize: int) -
 
 
 def spmv_args(t: DeviceTensor, values: Any, x: Any, y: Any, in_features: int, batch: int) -> tuple[Any, ...]:
-    """Arguments of ``crest_spmv_f32``, in the kernel's order and C types."""
+    """Arguments of ``crest_spmv_f32``, in the kernel's order and C types; the kernel writes
+    only the ``y.shape[0]`` rows of ``y``."""
     _, per_thread = _xp.launch_shape(t.chunk_entries)
     return (
         t.index_words,
@@ -280,6 +281,7 @@ def spmv_args(t: DeviceTensor, values: Any, x: Any, y: Any, in_features: int, ba
         np.int32(t.index_bits),
         np.int32(t.code_bits),
         np.int32(per_thread),
+        np.int64(y.shape[0]),
         np.int64(in_features),
         np.int32(batch),
     )

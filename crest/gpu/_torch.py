@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from crest.format import (
     CHUNK_TABLE_COLUMNS,
     DEFAULT_CHUNK_ENTRIES,
     EncodedTensor,
+    check_tensor,
     decode_tensor,
     parse,
 )
@@ -36,6 +38,7 @@ __all__ = ["CompressedLinear", "CompressedConv2d", "load_model"]
 logger = logging.getLogger(__name__)
 
 _FLOATS = frozenset({"float16", "float32", "float64"})
+_SPARSE_BUFFERS = ("codebook", "index_stream", "code_stream", "chunk_bounds")
 _FUSED_MAX_BATCH = _xp.MAX_BATCH
 
 
@@ -103,6 +106,82 @@ class _CompressedBase(torch.nn.Module):  # type: ignore[misc]
             if tuple(b.shape) != (self.weight_shape[0],):
                 raise ValueError(f"bias must have shape [{self.weight_shape[0]}], got {list(b.shape)}")
             self.bias = torch.nn.Parameter(b.detach().clone(), requires_grad=False)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Validate an incoming compressed weight as a file's is, then load it and re-plan.
+
+        The GPU launches are planned on the host from the chunk bounds; a state dict is
+        data like a file, so its streams, codebook and bounds must pass the checks of
+        :func:`crest.format.parse` before they replace the module's, or a tampered one
+        would drive the kernels past their buffers.
+
+        Raises:
+            FormatError: the incoming buffers are of another shape or dtype, or fail a check.
+        """
+        bounds = self._checked_bounds(state_dict, prefix) if self.weight_encoding == "sparse" else None
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if bounds is not None:
+            self._bounds_host = bounds
+            self._cache = None  # plans and codebook tables of the old buffers
+
+    def _checked_bounds(self, state_dict: dict[str, Any], prefix: str) -> np.ndarray:
+        """The chunk bounds (int64 ``[n_chunks + 1]``) the buffers would hold after loading
+        ``state_dict``, once the sparse form they make together is checked in full."""
+        label = f"state dict of '{prefix[:-1][:200]}'" if prefix else f"state dict of '{self.weight_name[:200]}'"
+        host: dict[str, np.ndarray] = {}
+        for name in _SPARSE_BUFFERS:
+            current = getattr(self, name)
+            value = state_dict.get(prefix + name, current)
+            if not isinstance(value, torch.Tensor):
+                raise FormatError(f"{label}: {name} is a {type(value).__name__}, not a tensor")
+            if tuple(value.shape) != tuple(current.shape):
+                raise FormatError(
+                    f"{label}: {name} has shape {list(value.shape)[:4]}; the stored weight needs {list(current.shape)}"
+                )
+            if name == "codebook":
+                if not value.dtype.is_floating_point:
+                    raise FormatError(f"{label}: codebook has dtype {value.dtype}, not a float dtype")
+                cast = value.detach().to("cpu", current.dtype)  # as load_state_dict's copy will
+                bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[cast.element_size()]
+                host[name] = cast.view(bits).numpy().view(f"u{cast.element_size()}")
+            else:
+                if value.dtype != current.dtype:
+                    raise FormatError(f"{label}: {name} has dtype {value.dtype}, not {current.dtype}")
+                host[name] = value.detach().cpu().numpy()
+        bounds = host["chunk_bounds"].astype(np.int64, copy=True)
+        numel = math.prod(self.weight_shape)
+        if int(bounds[-1]) != numel or bool((bounds[:-1] < 0).any()):
+            logger.warning("refused a %s: chunk bounds outside 0..%d", label, numel)
+            raise FormatError(f"{label}: chunk bounds must lie in 0..{numel} and end at {numel}")
+        rows = np.arange(bounds.shape[0] - 1, dtype=np.uint64) * np.uint64(self.chunk_entries)
+        table = np.zeros((bounds.shape[0] - 1, CHUNK_TABLE_COLUMNS), dtype=np.uint64)
+        table[:, 0] = bounds[:-1]
+        table[:, 1] = rows * np.uint64(self.index_bits)
+        table[:, 2] = rows * np.uint64(self.code_bits)
+        codebook = host["codebook"]
+        encoded = EncodedTensor(  # bit patterns: the checks look at nothing else of the values
+            name=label, dtype=codebook.dtype, shape=self.weight_shape, encoding="sparse",
+            index_bits=self.index_bits, code_bits=self.code_bits, n_entries=self.n_entries,
+            n_codes=int(codebook.shape[0]), chunk_entries=self.chunk_entries, codebook=codebook,
+            index_stream=host["index_stream"], code_stream=host["code_stream"], chunk_table=table,
+        )
+        try:
+            check_tensor(encoded)
+        except FormatError as e:
+            logger.warning("refused a %s: %s", label, e)
+            raise
+        return bounds
 
     @property
     def compressed_bytes(self) -> int:
@@ -291,7 +370,16 @@ def load_model(blob: bytes | bytearray | memoryview, model: Any, *, strict: bool
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tensors = {t.name: t for t in parse(blob)}
-    expected = set(model.state_dict().keys())
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for tname, t in tensors.items():  # every name and shape, before anything is decoded
+        if tname not in shapes:
+            if strict:
+                raise FormatError(f"the file holds tensor {tname[:200]!r}, which the model does not have")
+        elif tuple(t.shape) != shapes[tname]:
+            raise FormatError(
+                f"{tname[:200]} has shape {list(t.shape)[:8]} in the file but {list(shapes[tname])} in the model"
+            )
+    expected = set(shapes)
     consumed: set[str] = set()
     for name, module in list(model.named_modules()):
         if not name or type(module) not in (torch.nn.Linear, torch.nn.Conv2d):

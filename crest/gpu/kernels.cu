@@ -219,16 +219,35 @@ extern "C" __global__ void crest_fill_regions(unsigned char* __restrict__ out,
     }
 }
 
+// Whether row `row` lies in y. Validated input never leaves it; the check (once per row a
+// thread flushes, not per entry) keeps a corrupt chunk table or gap stream from writing
+// past y.
+__device__ __forceinline__ bool crest_row_inside(crest_i64 row, crest_i64 rows) {
+    return row >= 0 && row < rows;
+}
+
+// y[row, 0:batch] += acc[0:batch] (atomicAdd), for a row inside y only.
+__device__ __forceinline__ void crest_add_row(float* __restrict__ y, crest_i64 row, crest_i64 rows, int batch,
+                                              const float* acc) {
+    if (!crest_row_inside(row, rows)) return;
+#pragma unroll
+    for (int b = 0; b < CREST_MAX_BATCH; ++b) {
+        if (b < batch) atomicAdd(y + row * batch + b, acc[b]);
+    }
+}
+
 // y[out_features, batch] += W x for W = the sparse tensor viewed as [out_features,
 // in_features] (row-major positions), x[in_features, batch] (C order), float32, y zeroed
 // before the launch. Codebook values are float32. Each thread accumulates its entries;
 // when a whole warp's entries lie in one row the warp reduces first and lane 0 adds once,
-// otherwise each thread adds once per row it touches (atomicAdd).
+// otherwise each thread adds once per row it touches (atomicAdd). Rows outside
+// [0, out_features) are never written.
 extern "C" __global__ void crest_spmv_f32(
     const crest_u32* __restrict__ index_words, const crest_u32* __restrict__ code_words,
     const crest_i64* __restrict__ bounds, const float* __restrict__ codebook,
     const float* __restrict__ x, float* __restrict__ y, crest_i64 n_entries, int chunk_entries,
-    int index_bits, int code_bits, int per_thread, crest_i64 in_features, int batch) {
+    int index_bits, int code_bits, int per_thread, crest_i64 out_features, crest_i64 in_features,
+    int batch) {
     __shared__ crest_u64 scratch[32];
     const crest_i64 c = blockIdx.x;
     const crest_i64 first = c * (crest_i64)chunk_entries;
@@ -244,8 +263,9 @@ extern "C" __global__ void crest_spmv_f32(
     }
     const crest_u64 before = crest_block_exclusive_scan(steps, scratch);
 
-    const bool have = lo < hi;
     const crest_i64 start = base + (crest_i64)before;  // prev before this thread's first entry
+    if (start < 0) hi = lo;  // only a corrupt base: no column of x would be in range
+    const bool have = lo < hi;
     const crest_i64 last = start + (crest_i64)steps - 1;  // position of its last entry
     crest_i64 row = start / in_features;
     crest_i64 col = start - row * in_features;
@@ -263,13 +283,9 @@ extern "C" __global__ void crest_spmv_f32(
         if (col >= in_features) {
             const crest_i64 jump = col / in_features;
             if (dirty && !warp_one_row) {
+                crest_add_row(y, row, out_features, batch, acc);
 #pragma unroll
-                for (int b = 0; b < CREST_MAX_BATCH; ++b) {
-                    if (b < batch) {
-                        atomicAdd(y + row * batch + b, acc[b]);
-                        acc[b] = 0.0f;
-                    }
-                }
+                for (int b = 0; b < CREST_MAX_BATCH; ++b) acc[b] = 0.0f;
                 dirty = false;
             }
             row += jump;
@@ -289,20 +305,18 @@ extern "C" __global__ void crest_spmv_f32(
     }
     if (warp_one_row) {
         if (__any_sync(0xffffffffu, dirty)) {
+            const bool adds = (threadIdx.x & 31u) == 0u && crest_row_inside(row0, out_features);
 #pragma unroll
             for (int b = 0; b < CREST_MAX_BATCH; ++b) {
                 if (b < batch) {
                     float v = acc[b];
 #pragma unroll
                     for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
-                    if ((threadIdx.x & 31u) == 0u) atomicAdd(y + row0 * batch + b, v);
+                    if (adds) atomicAdd(y + row0 * batch + b, v);
                 }
             }
         }
     } else if (dirty) {
-#pragma unroll
-        for (int b = 0; b < CREST_MAX_BATCH; ++b) {
-            if (b < batch) atomicAdd(y + row * batch + b, acc[b]);
-        }
+        crest_add_row(y, row, out_features, batch, acc);
     }
 }

@@ -7,7 +7,7 @@ upgrade-storage``) upgrade an older one; readers refuse it rather than alter it.
 
 from __future__ import annotations
 
-from crest.storage._engine import HEAD_REVISION, parse_url
+from crest.storage._engine import HEAD_REVISION, parse_url, shown_url
 from crest.storage._queries import (
     BestSelection,
     max_drop_of,
@@ -31,6 +31,7 @@ __all__ = [
     "is_transient",
     "retry_transient",
     "parse_url",
+    "shown_url",
     "study_status",
     "trial_state_counts",
     "max_drop_of",

@@ -6,21 +6,44 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from crest.exceptions import StorageError
+from crest.storage._engine import error_line
 from crest.storage._store import Store, StudyInfo, TrialRecord
 
 __all__ = ["study_status", "trial_state_counts", "max_drop_of", "pareto_front"]
 
 
+# Optuna's RDB schema (optuna/storages/_rdb/models.py): a trial's state is stored as the
+# name of its TrialState; tests/storage checks these names against the installed Optuna.
+_OPTUNA_STATES = text(
+    "SELECT t.state, count(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+    "WHERE s.study_name = :name GROUP BY t.state"
+)
+
+
 def trial_state_counts(store: Store, study_name: str) -> dict[str, int]:
-    """Optuna's trial counts per state (COMPLETE, RUNNING, FAIL, WAITING, PRUNED)."""
-    storage = store.optuna_storage()
+    """Optuna's trial counts per state (COMPLETE, RUNNING, FAIL, WAITING, PRUNED).
+
+    Read with plain SQL from Optuna's ``trials`` and ``studies`` tables, so that a reader
+    never has Optuna create its tables (zeros when they do not exist yet).
+
+    Raises:
+        StorageError: the database cannot be read.
+    """
     counts = {"COMPLETE": 0, "RUNNING": 0, "FAIL": 0, "WAITING": 0, "PRUNED": 0}
     try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return counts
-    for t in storage.get_all_trials(study_id, deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        if not inspect(store.engine).has_table("trials"):
+            return counts
+        with store.engine.connect() as conn:
+            rows = conn.execute(_OPTUNA_STATES, {"name": study_name}).all()
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot read Optuna's trials: {error_line(e)}") from e
+    for state, n in rows:
+        name = getattr(state, "name", str(state))  # a driver may hand back the enum type
+        counts[name] = counts.get(name, 0) + int(n)
     return counts
 
 

@@ -21,10 +21,12 @@ from crest.exceptions import FormatError, LeaseError, StorageError
 from crest.storage._lease import db_now, lease_age, owner_is_dead_here
 from crest.storage._engine import (
     HEAD_REVISION,
+    error_line,
     make_engine,
-    parse_url,
+    read_only_connect_args,
     schema_revision,
     session_scope,
+    shown_url,
     upgrade_schema,
 )
 from crest.storage._models import ArtifactRow, NodeCheckRow, SensitivityRow, StudyRow, TrialRow
@@ -163,20 +165,33 @@ class Store:
         upgrade: upgrade crest's tables when the database holds an older schema revision
             (default: ``create``). Read-only commands pass False and get a StorageError
             naming ``crest upgrade-storage``, so that reading never alters a database.
+        read_only: a reader's store (the CLI's read commands): its connections cannot
+            write (see :func:`crest.storage._engine.make_engine`), it changes no schema
+            and no stored setting, Optuna's tables are read with plain SQL and never
+            created, and it works with a read-only database role. Needs ``create`` and
+            ``upgrade`` False.
 
     Attributes:
+        url: the URL as given (it may hold a password: print :attr:`shown_url`).
+        shown_url: the URL with its password written ``***``, for messages.
+        read_only: as given.
         upgraded_from: the revision found before an upgrade; None when none was made.
 
     Raises:
         StorageError: bad URL, unreachable database, or a schema of another version.
+        ValueError: ``read_only`` with ``create`` or ``upgrade``.
     """
 
-    def __init__(self, url: str, *, create: bool, upgrade: bool | None = None) -> None:
+    def __init__(self, url: str, *, create: bool, upgrade: bool | None = None, read_only: bool = False) -> None:
+        if read_only and (create or upgrade):
+            raise ValueError("a read-only store neither creates nor upgrades a database")
         self.url = url
+        self.shown_url = shown_url(url)  # messages never show a password
+        self.read_only = read_only
         self.upgraded_from: str | None = None
-        self.engine = make_engine(url, create=create)
+        self.engine = make_engine(url, create=create, read_only=read_only)
         revision = schema_revision(self.engine)
-        shown = parse_url(url).render_as_string(hide_password=True)  # messages never show a password
+        shown = self.shown_url
         if revision != HEAD_REVISION:
             if not create and revision is None:
                 self.engine.dispose()
@@ -224,10 +239,15 @@ class Store:
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
             if self.engine.dialect.name == "sqlite":
                 kwargs = {"connect_args": {"timeout": 60}}
+            elif self.read_only:
+                kwargs["connect_args"] = read_only_connect_args(self.engine.url.drivername)
             try:
-                self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+                # a reader never creates Optuna's tables (nor stamps their version)
+                self._optuna = optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=kwargs, skip_table_creation=self.read_only
+                )
             except Exception as e:  # optuna wraps driver errors in several types
-                raise StorageError(f"Optuna cannot open {self.url}: {e}") from e
+                raise StorageError(f"Optuna cannot open {self.shown_url}: {error_line(e)}") from e
             if self._fence is not None:
                 _fence_sessions(self._optuna.scoped_session.session_factory, self)
         return self._optuna
@@ -246,7 +266,7 @@ class Store:
         if info is None:
             known = [s.name for s in self.list_studies()]
             hint = f" (studies here: {', '.join(known)})" if known else " (this database has no studies)"
-            raise StorageError(f"no study named '{name}' in {self.url}{hint}")
+            raise StorageError(f"no study named '{name}' in {self.shown_url}{hint}")
         return info
 
     def list_studies(self) -> list[StudyInfo]:

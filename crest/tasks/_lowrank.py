@@ -211,31 +211,47 @@ def factorize_layer(
     return entry
 
 
+def _rank_value(value: Any, full: int, where: str) -> int:
+    """A stored rank, checked: an int in 1..``full`` (the layer's own dimension)."""
+    if type(value) is not int:
+        raise CrestError(f"{where}: a rank must be an integer, got {type(value).__name__}")
+    if not 1 <= value <= full:
+        raise CrestError(f"{where}: rank {value} is outside 1..{full}, the layer's dimension")
+    return value
+
+
 def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> nn.Module:
     """Rebuild a factorised structure (from artifact metadata) on a fresh model, in place.
 
-    The factors get the right shapes; their values are left to ``load_state_dict``.
+    The factors get the right shapes; their values are left to ``load_state_dict``. Every
+    entry is checked against the model before a layer is built: the layer exists and is
+    of the recorded kind, and each rank is an integer within the layer's own dimensions,
+    so a stored structure never sizes an allocation beyond the model's.
 
     Raises:
-        CrestError: the structure names a missing layer or is malformed.
+        CrestError: the structure names a missing layer, or is malformed.
     """
+    if not isinstance(structure, Mapping):
+        raise CrestError(f"the low-rank structure must be a mapping, got {type(structure).__name__}")
     for name, entry in structure.items():
+        where = f"low-rank structure of '{str(name)[:200]}'"
+        if not isinstance(name, str) or not name:
+            raise CrestError(f"{where}: not a layer name")
         module = _get_module(model, name)
         kind = entry.get("kind") if isinstance(entry, Mapping) else None
-        try:
-            if kind == "linear" and type(module) is nn.Linear:
-                new: nn.Module = LowRankLinear(
-                    module.in_features, module.out_features, int(entry["rank"]), bias=module.bias is not None
-                )
-            elif kind == "conv2d" and type(module) is nn.Conv2d:
-                r_in, r_out = (int(v) for v in entry["ranks"])
-                new = Tucker2Conv2d(module, r_in, r_out)
-            else:
-                raise CrestError(
-                    f"low-rank structure of '{name}' ({kind}) does not fit its {type(module).__name__}"
-                )
-        except (KeyError, TypeError, ValueError) as e:
-            raise CrestError(f"malformed low-rank structure for '{name}': {entry!r}") from e
+        if kind == "linear" and type(module) is nn.Linear and set(entry) == {"kind", "rank"}:
+            rank = _rank_value(entry["rank"], min(module.in_features, module.out_features), where)
+            new: nn.Module = LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None)
+        elif kind == "conv2d" and type(module) is nn.Conv2d and set(entry) == {"kind", "ranks"}:
+            ranks = entry["ranks"]
+            if not isinstance(ranks, list) or len(ranks) != 2:
+                raise CrestError(f"{where}: 'ranks' must be [r_in, r_out]")
+            r_in = _rank_value(ranks[0], module.in_channels, where)
+            r_out = _rank_value(ranks[1], module.out_channels, where)
+            new = Tucker2Conv2d(module, r_in, r_out)
+        else:
+            shown = repr(entry)[:200]
+            raise CrestError(f"{where}: {shown} does not describe its {type(module).__name__}")
         new.to(next(module.parameters()).device)
         _set_module(model, name, new)
     return model

@@ -19,6 +19,7 @@ Stage semantics beyond the plain ones:
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,10 @@ __all__ = [
     "encode_state",
     "load_artifact",
     "prune_schedule",
+    "check_fits",
 ]
+
+logger = logging.getLogger(__name__)
 
 # offsets of a trial's seed for the stages that train after its prune rounds (round r
 # trains with seed + r), primes far above any round count so no two stages share a seed
@@ -84,6 +88,35 @@ def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def check_fits(model: nn.Module, shapes: dict[str, tuple[int, ...]], workload_name: str) -> None:
+    """Check stored tensor names and shapes against a model's state dict, before decoding.
+
+    Args:
+        model: the (possibly factorised) model the tensors are for.
+        shapes: name -> shape, as an artifact's header declares them.
+        workload_name: for messages.
+
+    Raises:
+        CrestError: a name the model lacks, a model tensor not stored, or another shape.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    where = f"the artifact does not fit workload '{workload_name}'"
+    missing = [k for k in expected if k not in shapes]
+    unknown = [k[:200] for k in shapes if k not in expected]
+    if missing or unknown:
+        logger.info("%s: missing %d tensors, %d unknown", where, len(missing), len(unknown))
+        parts = [f"it lacks {', '.join(missing[:5])}"] if missing else []
+        parts += [f"the model has no {', '.join(unknown[:5])}"] if unknown else []
+        raise CrestError(f"{where}: {'; '.join(parts)}")
+    for name, shape in shapes.items():
+        if tuple(shape) != expected[name]:
+            logger.info("%s: tensor %s has shape %s", where, name[:200], list(shape)[:8])
+            raise CrestError(
+                f"{where}: tensor '{name}' has shape {list(shape)[:8]} in the artifact but "
+                f"{list(expected[name])} in the model"
+            )
+
+
 def model_from_tensors(
     workload: Workload,
     tensors: dict[str, np.ndarray],
@@ -107,11 +140,17 @@ def model_from_tensors(
     model = workload.build_model()
     if structure:
         apply_structure(model, structure)
+    check_fits(model, {k: tuple(v.shape) for k, v in tensors.items()}, workload.name)
+    return _load_state(model, tensors, workload.name)
+
+
+def _load_state(model: nn.Module, tensors: dict[str, np.ndarray], workload_name: str) -> nn.Module:
     state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CrestError(f"the artifact does not fit workload '{workload.name}': {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrestError(f"the artifact does not fit workload '{workload_name}': {first}") from e
     model.eval()
     return model
 
@@ -122,18 +161,25 @@ def load_artifact(
 ) -> nn.Module:
     """Rebuild the model stored in a crest artifact (factorised layers included).
 
+    Nothing the file says is trusted beyond data: the workload it records must be a
+    built-in (a ``module:function`` is imported only when the caller passes it), and its
+    header's names and shapes and its low-rank ranks are checked against the workload's
+    model before a single tensor is decoded, so decoding allocates no more than the
+    model's own tensors.
+
     Args:
         source: a file path or the artifact's bytes.
         workload: the workload (name or object) whose model the artifact holds; None
-            takes the name recorded in the artifact's metadata.
+            takes the name recorded in the artifact's metadata (built-ins only).
 
     Returns:
         The model with the decoded tensors, on the CPU, in eval mode.
 
     Raises:
         FormatError: the artifact is malformed.
-        WorkloadError: no workload given or recorded, or it does not resolve.
-        CrestError: the tensors do not fit the workload's model.
+        WorkloadError: no workload given or recorded, the recorded one is not a
+            built-in, or it does not resolve.
+        CrestError: the tensors (or the low-rank structure) do not fit the workload's model.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         blob = bytes(source)
@@ -142,17 +188,27 @@ def load_artifact(
             blob = Path(source).read_bytes()
         except OSError as e:
             raise CrestError(f"{source}: cannot read the artifact ({e})") from e
-    meta = gpu.inspect(blob).get("metadata", {})
+    header = gpu.read_header(blob)
+    meta = header.metadata
     if workload is None:
         name = meta.get("workload")
         if not isinstance(name, str):
             raise WorkloadError("the artifact records no workload; pass workload=")
-        workload = name
-    wl = get_workload(workload) if isinstance(workload, str) else workload
+        wl = get_workload(name, allow_import=False)  # a file selects built-ins only
+    elif isinstance(workload, str):
+        wl = get_workload(workload)  # the caller's own choice
+    elif isinstance(workload, Workload):
+        wl = workload
+    else:
+        raise WorkloadError(f"workload must be a name or a crest.tasks.Workload, got {type(workload).__name__}")
     structure = meta.get("lowrank") or None
     if structure is not None and not isinstance(structure, dict):
         raise CrestError("the artifact's low-rank structure is not a mapping")
-    return model_from_tensors(wl, gpu.decode(blob), structure=structure)
+    model = wl.build_model()
+    if structure:
+        apply_structure(model, structure)
+    check_fits(model, {t.name: t.shape for t in header.tensors}, wl.name)
+    return _load_state(model, gpu.decode(blob), wl.name)
 
 
 def dense_fp32_bytes(model: nn.Module) -> int:
@@ -211,9 +267,12 @@ class TrialRunner:
     ) -> None:
         self.workload = workload
         self.plan = plan
+        model = workload.build_model()
+        # the baseline comes from the database: its shapes are checked before it is decoded
+        check_fits(model, {t.name: t.shape for t in gpu.read_header(baseline_blob).tensors}, workload.name)
         self.baseline = gpu.decode(baseline_blob)
         self.baseline_accuracy = baseline_accuracy
-        self.dense_bytes = dense_fp32_bytes(workload.build_model())
+        self.dense_bytes = dense_fp32_bytes(model)
         self._teacher: nn.Module | None = None
 
     def teacher(self) -> nn.Module:

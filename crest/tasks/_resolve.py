@@ -1,8 +1,10 @@
 """Resolving a workload by name: a built-in, a registered factory, or ``module:function``.
 
-A name from a sweep file or an artifact resolves here. ``module:function`` imports from the
-caller's search path (the CLI's working directory) only while the import and the call
-run, and ``sys.path`` is left as it was.
+A name from a sweep file resolves here. ``module:function`` imports from the caller's
+search path (the CLI's working directory) only while the import and the call run, and
+``sys.path`` is left as it was. A name read from stored bytes (an artifact's metadata, a
+database row) is resolved with ``allow_import=False``: only built-in and registered
+workloads, so a file can never choose code to import and run.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def builtin_workloads() -> dict[str, str]:
     return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
-def get_workload(name: str, *, search_path: list[str] | None = None) -> Workload:
+def get_workload(name: str, *, search_path: list[str] | None = None, allow_import: bool = True) -> Workload:
     """Resolve a built-in name or ``module:function`` to a Workload.
 
     Args:
@@ -46,19 +48,29 @@ def get_workload(name: str, *, search_path: list[str] | None = None) -> Workload
             where the function takes no arguments and returns a ``Workload``.
         search_path: directories put in front of ``sys.path`` for the import
             (the CLI passes the working directory).
+        allow_import: whether ``module:function`` may be imported and called. Pass False
+            for a name that comes from stored bytes (an artifact, a database row): then
+            only built-in and registered workloads resolve.
 
     Raises:
-        WorkloadError: the name does not resolve or the function misbehaves.
+        WorkloadError: the name does not resolve, names code while ``allow_import`` is
+            False, or the function misbehaves.
     """
     builtins = builtin_workloads()
     if name in builtins:
         workload = _REGISTRY[name][0]()
+    elif ":" in name and not allow_import:
+        logger.warning("refused to import workload %r named by stored data", name[:200])
+        raise WorkloadError(
+            f"workload '{name[:200]}' is not a built-in ({', '.join(builtins)}); a name read from "
+            "an artifact or a database selects only a built-in workload: pass the workload yourself"
+        )
     elif ":" in name:
         workload = _import_workload(name, search_path or [])
     else:
         known = ", ".join(builtins)
         raise WorkloadError(
-            f"workload '{name}' is neither a built-in ({known}) nor 'module:function'"
+            f"workload '{name[:200]}' is neither a built-in ({known}) nor 'module:function'"
         )
     if not isinstance(workload, Workload):
         raise WorkloadError(

@@ -203,6 +203,43 @@ def test_fused_product_property(
     assert np.all(np.abs(got - want) <= 1e-5 * scale)
 
 
+def _short_y_product(exe: Path, work: Path, shape: tuple[int, int], chunk: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``W x`` launched with a ``y`` one row short of W's rows (the launch's row count is
+    y's), as a corrupt table or gap stream would make entries land past the last row;
+    returns (y, the reference product)."""
+    rng = np.random.default_rng(batch)
+    w = weight(rng, shape[0], shape[1], 0.3)
+    (t,) = parse(encode({"w": w}, index_bits=4, code_bits=5, chunk_entries=chunk))
+    dt = _cuda.stored_form(t, np.array)
+    assert dt.codebook_host is not None
+    x = rng.standard_normal((shape[1], batch)).astype(np.float32)
+    y = np.zeros((shape[0] - 1, batch), np.float32)
+    _emulator.run(exe, [_cuda.spmv_launch(dt, dt.codebook_host.astype(np.float32), x, y, shape[1], batch)], work)
+    return y, _xp.sparse_matmul_xp(t, x, np)
+
+
+@pytest.mark.parametrize(
+    "shape,chunk,batch",
+    [((200, 40), 1024, 2), ((40, 30), 32, 1), ((16, 5000), 1024, 8)],  # flushes, atomics, whole-warp rows
+)
+def test_fused_product_never_writes_past_y(emu: Path, tmp_path: Path, shape: tuple[int, int], chunk: int, batch: int) -> None:
+    """Entries in a row beyond ``y`` are dropped (AddressSanitizer watches the byte after y);
+    the rows inside y are the product's."""
+    y, want = _short_y_product(emu, _work(tmp_path), shape, chunk, batch)
+    assert np.allclose(y, want[:-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@needs_emulator
+def test_without_the_row_guard_the_product_writes_past_y(tmp_path: Path) -> None:
+    """Not vacuous: the same launch on a kernel whose row check always passes is reported."""
+    old = "    return row >= 0 && row < rows;"
+    assert _SOURCE.count(old) == 1, "the row guard of kernels.cu changed: update this mutation"
+    exe = _emulator.build(tmp_path / "build", _SOURCE.replace(old, "    return true;"))
+    with pytest.raises(AssertionError, match="AddressSanitizer: heap-buffer-overflow"):
+        _short_y_product(exe, _work(tmp_path), (200, 40), 1024, 2)
+
+
 def test_spmv_launch_refuses_batches_above_sixteen() -> None:
     rng = np.random.default_rng(0)
     (t,) = parse(encode({"w": weight(rng, 4, 8, 0.5)}, chunk_entries=32))

@@ -94,11 +94,12 @@ std::function<void()> kernel(const std::string& name, const Args& args) {
         };
     }
     if (name == "crest_spmv_f32") {
-        args.expect("bbbbbbliiiili");
+        args.expect("bbbbbbliiiilli");
         return [args] {
             crest_spmv_f32(args.ptr<const crest_u32>(0), args.ptr<const crest_u32>(1), args.ptr<const crest_i64>(2),
                            args.ptr<const float>(3), args.ptr<const float>(4), args.ptr<float>(5), args.i64(6),
-                           args.i32(7), args.i32(8), args.i32(9), args.i32(10), args.i64(11), args.i32(12));
+                           args.i32(7), args.i32(8), args.i32(9), args.i32(10), args.i64(11), args.i64(12),
+                           args.i32(13));
         };
     }
     crest_emu::fail("unknown kernel");
