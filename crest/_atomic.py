@@ -102,8 +102,8 @@ def _mode_for(path: Path) -> int:
         st = path.lstat()
         if stat.S_ISREG(st.st_mode):
             return stat.S_IMODE(st.st_mode)
-    except OSError:
-        pass
+    except OSError as e:  # no file there yet: the umask decides, as for open()
+        logger.debug("%s: %s; new file mode from the umask", path, e.strerror or e)
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
@@ -128,11 +128,12 @@ def _sync_directory(directory: Path) -> None:
     """Flush the directory entry of the new name to the disk (where the OS allows it)."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
+    except OSError as e:
+        logger.debug("cannot open %s to sync it: %s", directory, e.strerror or e)
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:  # some file systems do not sync directories; the file itself is synced
+        logger.debug("cannot sync directory %s: %s", directory, e.strerror or e)
     finally:
         os.close(fd)
