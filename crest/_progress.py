@@ -22,7 +22,8 @@ def format_progress(p: Any) -> str:
     if p.best_ratio is not None:
         best = f"best {p.best_ratio:.1f}x (acc {p.best_accuracy:.4f}, {p.best_size:,} B)"
     line = (
-        f"{p.study}: {p.complete}/{p.n_trials} done, {p.running} running, {p.failed} failed"
+        f"{p.study}: {p.complete + p.pruned}/{p.n_trials} done{f' ({p.pruned} pruned)' if p.pruned else ''}, "
+        f"{p.running} running, {p.failed} failed"
         f"{f', {p.waiting} queued' if p.waiting else ''} | {best} | {_clock(p.elapsed)} elapsed, "
         f"ETA {_clock(p.eta)}"
     )
@@ -63,7 +64,7 @@ class ProgressPrinter:
         if self._live is not None:
             self._live.update(line)
             return
-        key = (p.complete, p.running, p.failed, p.waiting, p.message)
+        key = (p.complete, p.pruned, p.running, p.failed, p.waiting, p.message)
         if key != self._last_key:
             self._last_key = key
             print(line, file=sys.stderr, flush=True)

@@ -334,6 +334,10 @@ def best(
         bool,
         typer.Option("--pareto", help="List the size/accuracy Pareto front (within the limits) instead."),
     ] = False,
+    pruned: Annotated[
+        bool,
+        typer.Option("--pruned", help="List the trials early stopping pruned, with their size and reason, instead."),
+    ] = False,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (a header row, one row per trial) instead.")] = False,
 ) -> None:
@@ -347,6 +351,9 @@ def best(
 
     if as_json and as_csv:
         raise ConfigError("--json and --csv: choose one")
+    if pruned:
+        _best_pruned(_storage(storage), study, as_json=as_json, as_csv=as_csv)
+        return
     size_limit = parse_size(max_size) if max_size is not None else None
     accuracy_limit = parse_accuracy(min_accuracy) if min_accuracy is not None else None
     store = _open_store(_storage(storage))
@@ -368,6 +375,32 @@ def best(
         typer.echo(trials_csv(selection.trials), nl=False)
     else:
         _print_best(selection.trials, info, limit, why_none=selection.why_none)
+
+
+def _best_pruned(url: str, study: str, *, as_json: bool, as_csv: bool) -> None:
+    """``crest best --pruned``: every PRUNED trial in number order, with its size and reason."""
+    if as_csv:
+        raise ConfigError("--pruned: use --json or the table (the reasons do not fit CSV's columns)")
+    store = _open_store(url)
+    try:
+        trials = store.trials(store.require_study(study).id, state="PRUNED")
+    finally:
+        store.close()
+    if as_json:
+        _echo_json([t.as_dict() for t in trials])
+        return
+    if not trials:
+        typer.echo(f"no trial of '{study}' was pruned")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("trial", "bytes at least", "ratio at most", "worker s", "reason", title=f"pruned trials of '{study}'")
+    for t in trials:
+        size = "-" if t.size_bytes is None else f"{t.size_bytes:,}"
+        ratio = "-" if t.ratio is None else f"{t.ratio:.1f}x"
+        table.add_row(str(t.number), size, ratio, f"{t.wall_seconds or 0.0:.2f}", t.reason or "")
+    Console().print(table)
 
 
 def _print_best(trials: list[Any], info: Any, max_drop: float, *, why_none: str | None = None) -> None:
@@ -597,6 +630,21 @@ def _root(
         raise ConfigError(f"--log-file: cannot write {log_file} ({e.strerror or e})") from e
 
 
+def _usage_error(e: BaseException) -> bool:
+    """Whether ``e`` is click's usage error (a ClickException), found through the exception's
+    own classes: typer may bring its own copy of click (``typer._click``) or use the package."""
+    return any(
+        c.__name__ == "ClickException" and c.__module__.endswith("click.exceptions") for c in type(e).__mro__
+    )
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, passwords in URLs written ``***``."""
+    from crest._logging import redact
+
+    return redact(" ".join(part.strip() for part in text.strip().splitlines() if part.strip()))
+
+
 def main() -> None:
     """Console entry point: runs the app. A CrestError prints one line on stderr and exits 2;
     a usage error prints click's usage and one ``Error:`` line and exits 2; anything else
@@ -629,18 +677,3 @@ def main() -> None:
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
-def _usage_error(e: BaseException) -> bool:
-    """Whether ``e`` is click's usage error (a ClickException), found through the exception's
-    own classes: typer may bring its own copy of click (``typer._click``) or use the package."""
-    return any(
-        c.__name__ == "ClickException" and c.__module__.endswith("click.exceptions") for c in type(e).__mro__
-    )
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line, passwords in URLs written ``***``."""
-    from crest._logging import redact
-
-    return redact(" ".join(part.strip() for part in text.strip().splitlines() if part.strip()))
-
-

@@ -57,6 +57,7 @@ __all__ = [
     "RetrainStage",
     "QuantizeStage",
     "EncodeStage",
+    "EarlyStopping",
     "FloatParam",
     "IntParam",
     "load_sweep",
@@ -355,6 +356,40 @@ class Constraints(_Strict):
     max_accuracy_drop: float = Field(default=0.01, ge=0.0)
 
 
+class EarlyStopping(_Strict):
+    """Stopping trials that cannot win (``early_stopping:`` in the sweep file).
+
+    ``size_dominated``: once a trial's masks, ranks and bits are set, its artifact size is
+    known (bounds, exact up to the header digits and codebook lengths); before retraining
+    it is stopped when it cannot be smaller than the best feasible trial (objectives
+    ``[size]``), or when a feasible trial is no larger and at least as accurate as it could
+    be at best (``[size, accuracy]``).
+    ``percentile`` (None, the default: off): after retraining epoch k, a trial whose score is
+    below this percentile of the scores that trials which ended feasible had after epoch k
+    of the same round is stopped, once ``n_startup_trials`` such trials exist. Off by
+    default: a trial that passes the size rule is smaller than every feasible trial, and
+    its curve usually runs below theirs even when it ends feasible.
+    ``unreachable``: a trial that would still end more than ``margin`` (in the workload's
+    metric; None: the constraint's ``max_accuracy_drop``) below the accuracy constraint
+    even at the best rate of improvement seen from that epoch is stopped (also after
+    ``n_startup_trials`` trials with a score there). The best of a few trials is a low
+    estimate of what the next one may do, and the trials worth keeping end near the
+    constraint, so the margin keeps the rule to the trials that are far off. No curve rule
+    acts before epoch ``n_warmup_steps`` + 1.
+    """
+
+    size_dominated: bool = True
+    percentile: float | None = Field(default=None, ge=0.0, le=100.0)
+    unreachable: bool = True
+    margin: float | None = Field(default=None, ge=0.0)
+    n_startup_trials: int = Field(default=5, ge=1, le=10_000)
+    n_warmup_steps: int = Field(default=0, ge=0, le=10_000)
+
+    def scores_needed(self) -> bool:
+        """True when a curve rule needs every epoch's score."""
+        return self.percentile is not None or self.unreachable
+
+
 class RayOptions(_Strict):
     """Where and how the workers run."""
 
@@ -378,6 +413,7 @@ class SweepConfig(_Strict):
     stages: list[Stage] = Field(min_length=1)
     max_retries: int = Field(default=2, ge=0, le=100)
     max_failures: int | None = Field(default=None, ge=0)
+    early_stopping: EarlyStopping | None = None
     ray: RayOptions = RayOptions()
 
     @field_validator("study")

@@ -2,8 +2,9 @@
 
 The pool turns its finished refs into :data:`PoolEvent`; the loop turns the refs of its
 own jobs (trials, sensitivity measurements) into :class:`JobDone`, :class:`WorkerDied`
-or :class:`JobFailed`. :meth:`crest.orchestrator._loop.EventLoop.route` hands each to
-its handler by type.
+or :class:`JobFailed`, and the steps of a trial run step by step into
+:class:`TrialSized` and :class:`TrialScored` (:func:`result_event`).
+:meth:`crest.orchestrator._loop.EventLoop.route` hands each to its handler by type.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from crest.tasks import ScoreReport, SizeReport
+
 __all__ = [
     "Event",
     "JobDone",
     "JobFailed",
     "NodeChecked",
     "PoolEvent",
+    "TrialScored",
+    "TrialSized",
     "WorkerDied",
     "WorkerFailedToStart",
     "WorkerStarted",
+    "result_event",
 ]
 
 
@@ -68,5 +74,30 @@ class JobFailed:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class TrialSized:
+    """A trial run step by step reported its artifact's size (before retraining)."""
+
+    job: Any
+    report: SizeReport
+
+
+@dataclass(frozen=True)
+class TrialScored:
+    """A trial run step by step reported its score after a retraining epoch."""
+
+    job: Any
+    report: ScoreReport
+
+
 PoolEvent = NodeChecked | WorkerStarted | WorkerFailedToStart
-Event = PoolEvent | JobDone | WorkerDied | JobFailed
+Event = PoolEvent | JobDone | WorkerDied | JobFailed | TrialSized | TrialScored
+
+
+def result_event(job: Any, value: Any) -> JobDone | TrialSized | TrialScored:
+    """The event of a job's call that returned ``value``: a step's report, or the job's end."""
+    if isinstance(value, SizeReport):
+        return TrialSized(job, value)
+    if isinstance(value, ScoreReport):
+        return TrialScored(job, value)
+    return JobDone(job, value)

@@ -4,7 +4,10 @@
 place that records how a trial ended (:meth:`~TrialLedger.complete`,
 :meth:`~TrialLedger.fail`, :meth:`~TrialLedger.recover`). The order is always the same:
 crest's row (and the artifact) commit first, then Optuna is told, so a driver killed in
-between leaves a trial that :meth:`~TrialLedger.recover` tells from the row.
+between leaves a trial that :meth:`~TrialLedger.recover` tells from the row. A trial
+stopped early (:meth:`~TrialLedger.prune`) is recorded the same way, as PRUNED; the
+scores it reported while retraining are written to Optuna as they come
+(:meth:`~TrialLedger.report`), before any decision that reads them is recorded.
 """
 
 from __future__ import annotations
@@ -12,25 +15,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
 from crest.config import SweepConfig
-from crest.orchestrator._optuna_private import set_constraints, set_user_attrs, trial_id
+from crest.orchestrator._optuna_private import (
+    set_constraints,
+    set_intermediate_value,
+    set_user_attrs,
+    trial_id,
+)
 from crest.orchestrator._space import CONSTRAINT_ATTR, objective_values, suggest
-from crest.storage import Store, StudyInfo, retry_transient
-from crest.tasks import TrialOutcome, TrialPlan
+from crest.orchestrator._stopping import Stop, pruned_constraint
+from crest.storage import Store, StudyInfo, TrialRecord, retry_transient
+from crest.tasks import SizeReport, TrialOutcome, TrialPlan
 
-__all__ = ["TrialJob", "TrialLedger", "ATTEMPT_ATTR", "RETRY_OF_ATTR", "SEED_ATTR", "trial_seed"]
+__all__ = ["TrialJob", "TrialLedger", "finished", "ATTEMPT_ATTR", "RETRY_OF_ATTR", "SEED_ATTR", "PRUNED_REASON_ATTR", "trial_seed"]
 
 logger = logging.getLogger(__name__)
 
 ATTEMPT_ATTR = "crest_attempt"
 RETRY_OF_ATTR = "crest_retry_of"
 SEED_ATTR = "crest_seed"
+PRUNED_REASON_ATTR = "pruned_reason"  # a stopped trial's reason, shown by optuna-dashboard
+SIZE_BOUNDS_ATTR = "size_bounds"  # [low, high] bytes a trial reported before retraining
 T = TypeVar("T")
 
 # a prime stride, so (study seed, trial number) pairs of small studies never share a seed
@@ -55,6 +66,10 @@ class TrialJob:
         seed: the trial's seed (a retry keeps the original's).
         started: ``time.monotonic()`` at dispatch.
         actor: the Ray worker running it (None for a trial found orphaned).
+        size: its size report, once a trial run step by step sent it.
+        curve: epoch -> score, as the trial reported them.
+        keys: its schedule of retraining epochs (for early stopping).
+        busy: seconds its worker has spent on it so far.
     """
 
     number: int
@@ -65,6 +80,10 @@ class TrialJob:
     seed: int
     started: float
     actor: Any = None
+    size: SizeReport | None = None
+    curve: dict[int, float] = field(default_factory=dict)
+    keys: list[Any] = field(default_factory=list)
+    busy: float = 0.0
 
 
 def _job(trial: optuna.trial.Trial | optuna.trial.FrozenTrial, params: dict[str, Any], study_seed: int) -> TrialJob:
@@ -86,6 +105,11 @@ def node_label(node: dict[str, Any]) -> str | None:
         return None
     node_id = node.get("node_id") or ""
     return f"{node.get('host')}/{node_id[:8]}" if node_id else str(node.get("host"))
+
+
+def finished(counts: dict[TrialState, int]) -> int:
+    """Trials that count toward ``n_trials``: complete and pruned (failed ones run again)."""
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
 
 class TrialLedger:
@@ -144,17 +168,16 @@ class TrialLedger:
     def _tell_complete(self, job: TrialJob, *, size_bytes: int, accuracy: float, drop: float, ratio: float) -> None:
         constraint = [drop - self.config.constraints.max_accuracy_drop]
         set_constraints(self.study, job.trial_id, constraint)
-        set_user_attrs(
-            self.study,
-            job.trial_id,
-            {
-                CONSTRAINT_ATTR: constraint,
-                "accuracy": accuracy,
-                "accuracy_drop": drop,
-                "size_bytes": size_bytes,
-                "ratio": ratio,
-            },
-        )
+        attrs: dict[str, Any] = {
+            CONSTRAINT_ATTR: constraint,
+            "accuracy": accuracy,
+            "accuracy_drop": drop,
+            "size_bytes": size_bytes,
+            "ratio": ratio,
+        }
+        if job.size is not None:  # what the trial reported before retraining
+            attrs[SIZE_BOUNDS_ATTR] = [job.size.low, job.size.high]
+        set_user_attrs(self.study, job.trial_id, attrs)
         self.study.tell(job.number, objective_values(self.config, size_bytes, accuracy), skip_if_finished=True)
 
     def complete(self, job: TrialJob, node: dict[str, Any], out: TrialOutcome) -> None:
@@ -168,6 +191,42 @@ class TrialLedger:
             job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio
         ))
         logger.info("trial %d complete: %.1fx, accuracy %.4f", job.number, out.ratio, out.accuracy)
+
+    def report(self, job: TrialJob, step: int, score: float) -> None:
+        """Write a running trial's score after epoch ``step`` to Optuna (its intermediate value)."""
+        self._db(f"recording a score of trial {job.number}",
+                 lambda: set_intermediate_value(self.study, job.trial_id, step, score))
+
+    def prune(self, job: TrialJob, node: dict[str, Any], stop: Stop) -> None:
+        """Record a trial stopped early as PRUNED, with its size and the reason, then tell
+        Optuna (after its scores: :meth:`report` them first)."""
+        low = job.size.low if job.size is not None else None
+        ratio = self._ratio(low)
+        self._db(f"recording trial {job.number}", lambda: self._record(
+            job, "PRUNED", node, size_bytes=low, ratio=ratio, wall_seconds=job.busy, reason=stop.reason,
+        ))
+        self._db(f"telling Optuna trial {job.number}",
+                 lambda: self._tell_pruned(job, size_bytes=low, ratio=ratio, reason=stop.reason, curve=job.curve))
+        logger.info("trial %d pruned: %s", job.number, stop.reason)
+
+    def _ratio(self, size: int | None) -> float | None:
+        dense = self.info.dense_bytes
+        return dense / size if dense and size else None
+
+    def _tell_pruned(
+        self, job: TrialJob, *, size_bytes: int | None, ratio: float | None, reason: str | None,
+        curve: dict[int, float],
+    ) -> None:
+        constraint = [pruned_constraint(curve, baseline_accuracy=float(self.info.baseline_accuracy or 0.0),
+                                        max_drop=self.config.constraints.max_accuracy_drop)]
+        set_constraints(self.study, job.trial_id, constraint)
+        attrs: dict[str, Any] = {
+            CONSTRAINT_ATTR: constraint, "size_bytes": size_bytes, "ratio": ratio, PRUNED_REASON_ATTR: reason,
+        }
+        if job.size is not None:
+            attrs[SIZE_BOUNDS_ATTR] = [job.size.low, job.size.high]
+        set_user_attrs(self.study, job.trial_id, attrs)
+        self.study.tell(job.number, state=TrialState.PRUNED, skip_if_finished=True)
 
     def fail(
         self, job: TrialJob, node: dict[str, Any], error: str, *, retry: bool, count_attempt: bool = True
@@ -196,12 +255,9 @@ class TrialLedger:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             job = _job(t, dict(t.params), self.config.seed)
             record = self.store.trial_by_optuna_id(job.trial_id)
-            if record is not None and record.state == "COMPLETE":
+            if record is not None and record.state in ("COMPLETE", "PRUNED"):
                 logger.info("trial %d was recorded but not told to Optuna; telling it now", t.number)
-                self._tell_complete(
-                    job, size_bytes=int(record.size_bytes or 0), accuracy=float(record.accuracy or 0.0),
-                    drop=float(record.accuracy_drop or 0.0), ratio=float(record.ratio or 0.0),
-                )
+                self._tell_recorded(job, record, dict(t.intermediate_values))
                 continue
             logger.warning("trial %d was running when its driver stopped; failing it", t.number)
             if record is None:
@@ -214,6 +270,16 @@ class TrialLedger:
         for job in retries[: max(0, self.retry_room())]:
             self._enqueue_retry(job, job.attempt + 1)
 
+    def _tell_recorded(self, job: TrialJob, record: TrialRecord, curve: dict[int, float]) -> None:
+        """Tell Optuna how a trial ended from crest's row (its scores are in Optuna already)."""
+        if record.state == "PRUNED":
+            self._tell_pruned(job, size_bytes=record.size_bytes, ratio=record.ratio, reason=record.reason, curve=curve)
+            return
+        self._tell_complete(
+            job, size_bytes=int(record.size_bytes or 0), accuracy=float(record.accuracy or 0.0),
+            drop=float(record.accuracy_drop or 0.0), ratio=float(record.ratio or 0.0),
+        )
+
     def _enqueue_retry(self, job: TrialJob, attempt: int) -> None:
         retry_of = job.retry_of if job.retry_of is not None else job.number
         self.study.enqueue_trial(
@@ -225,11 +291,12 @@ class TrialLedger:
 
     def retry_room(self) -> int:
         """How many failed trials' parameters may still be queued again: ``n_trials`` minus
-        the trials complete, queued and still running (may be negative). Queued trials
-        beyond that would stay WAITING after the study finishes, e.g. after ``--n-trials``
-        was lowered or more trials were interrupted than remained to run."""
+        the trials finished (complete or pruned), queued and still running (may be
+        negative). Queued trials beyond that would stay WAITING after the study finishes,
+        e.g. after ``--n-trials`` was lowered or more trials were interrupted than remained
+        to run."""
         counts = self.counts()
-        return self.info.n_trials - counts[TrialState.COMPLETE] - counts[TrialState.WAITING] - counts[TrialState.RUNNING]
+        return self.info.n_trials - finished(counts) - counts[TrialState.WAITING] - counts[TrialState.RUNNING]
 
     def counts(self) -> dict[TrialState, int]:
         """Optuna's trials per state."""
@@ -237,6 +304,10 @@ class TrialLedger:
         for t in self._db("reading the trials", lambda: self.study.get_trials(deepcopy=False)):
             counts[t.state] += 1
         return counts
+
+    def complete_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Optuna's complete trials, with their parameters, attributes and scores."""
+        return self._db("reading the trials", lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
     def best_feasible(self) -> optuna.trial.FrozenTrial | None:
         """The smallest complete trial within the accuracy constraint, or None."""

@@ -25,6 +25,7 @@ from crest.orchestrator._events import (
     WorkerDied,
     WorkerFailedToStart,
     WorkerStarted,
+    result_event,
 )
 from crest.orchestrator._lease import LeaseKeeper
 from crest.orchestrator._pool import WorkerPool
@@ -186,7 +187,7 @@ class EventLoop(ABC):
             return WorkerDied(job, e)
         except ray.exceptions.RayTaskError as e:
             return JobFailed(job, e)
-        return JobDone(job, value)
+        return result_event(job, value)
 
     def route(self, event: Event) -> None:
         """Hand ``event`` to the handler of its kind."""

@@ -33,11 +33,15 @@ class DriverOptions:
 
 @dataclass
 class Progress:
-    """A snapshot of a running sweep, sent to the progress callback (times in seconds)."""
+    """A snapshot of a running sweep, sent to the progress callback (times in seconds).
+
+    ``complete`` and ``pruned`` (trials stopped early) together count toward ``n_trials``.
+    """
 
     study: str
     n_trials: int
     complete: int = 0
+    pruned: int = 0
     running: int = 0
     failed: int = 0
     waiting: int = 0
@@ -52,10 +56,12 @@ class Progress:
 
 @dataclass
 class SweepSummary:
-    """What a finished ``run`` did (``elapsed`` in seconds)."""
+    """What a finished ``run`` did (``elapsed`` in seconds); ``complete`` and ``pruned`` are
+    the study's trials (all runs), which together make its ``n_trials``."""
 
     study: str
     complete: int
     failed_this_run: int
     ran_this_run: int
     elapsed: float
+    pruned: int = 0

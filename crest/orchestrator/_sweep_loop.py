@@ -1,4 +1,12 @@
-"""The sweep: ask Optuna -> run the trial on a worker -> record it -> tell Optuna."""
+"""The sweep: ask Optuna -> run the trial on a worker -> record it -> tell Optuna.
+
+With ``early_stopping``, a trial runs step by step: the worker reports its artifact's
+size once the structure is final, then its score after every retraining epoch, and waits
+for the next call. The loop asks the :class:`~crest.orchestrator._stopping.StoppingPolicy`
+about each report and either sends the next step (before writing the score, so the worker
+never waits on the database) or stops the trial: it is recorded as PRUNED and its worker
+takes the next trial at once. Complete and pruned trials both count toward ``n_trials``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +17,22 @@ from dataclasses import dataclass, field
 from optuna.trial import TrialState
 
 from crest.exceptions import SweepError
-from crest.orchestrator._events import Event, JobDone, JobFailed, WorkerDied, WorkerFailedToStart
-from crest.orchestrator._ledger import TrialJob, TrialLedger
+from crest.orchestrator._events import (
+    Event,
+    JobDone,
+    JobFailed,
+    TrialScored,
+    TrialSized,
+    WorkerDied,
+    WorkerFailedToStart,
+)
+from crest.orchestrator._ledger import TrialJob, TrialLedger, finished
 from crest.orchestrator._loop import EventLoop, RunContext
 from crest.orchestrator._pool import short_error
 from crest.orchestrator._reports import Progress, SweepSummary
+from crest.orchestrator._space import CONSTRAINT_ATTR
+from crest.orchestrator._stopping import Stop, StoppingPolicy
+from crest.tasks import training_schedule
 
 __all__ = ["SweepLoop"]
 
@@ -26,7 +45,8 @@ class SweepState:
 
     Attributes:
         complete: complete trials of the study (all runs).
-        completed_now: trials completed by this run.
+        pruned: trials of the study stopped early (all runs).
+        completed_now: trials that ended complete or pruned in this run.
         ran: trials dispatched by this run.
         failed: trials (and worker start-ups) that failed in this run.
         no_worker_since: ``time.monotonic()`` since when no worker is alive, or None.
@@ -35,6 +55,7 @@ class SweepState:
     """
 
     complete: int
+    pruned: int = 0
     completed_now: int = 0
     ran: int = 0
     failed: int = 0
@@ -60,7 +81,28 @@ class SweepLoop(EventLoop):
         cfg = ledger.config
         self.n_trials = ledger.info.n_trials
         self.max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.n_trials)
-        self.state = SweepState(complete=ledger.counts()[TrialState.COMPLETE])
+        counts = ledger.counts()
+        self.state = SweepState(complete=counts[TrialState.COMPLETE], pruned=counts[TrialState.PRUNED])
+        self.policy = self._policy()
+        self._handlers.update({TrialSized: self.on_trial_sized, TrialScored: self.on_trial_scored})
+
+    def _policy(self) -> StoppingPolicy | None:
+        """The sweep's early stopping, taught every complete trial of the study so far."""
+        cfg = self.ledger.config
+        if cfg.early_stopping is None:
+            return None
+        policy = StoppingPolicy(cfg.early_stopping, objectives=cfg.objectives,
+                                baseline_accuracy=float(self.ledger.info.baseline_accuracy or 0.0),
+                                max_drop=cfg.constraints.max_accuracy_drop)
+        fixed = self.plan.fixed_params()
+        for t in self.ledger.complete_trials():
+            constraint = t.user_attrs.get(CONSTRAINT_ATTR)
+            policy.add(
+                t.number, size=int(t.user_attrs.get("size_bytes", 0)), accuracy=float(t.user_attrs.get("accuracy", 0.0)),
+                feasible=isinstance(constraint, list) and constraint[0] <= 0, curve=dict(t.intermediate_values),
+                keys=training_schedule(self.plan, {**fixed, **t.params}),
+            )
+        return policy
 
     def sweep(self) -> SweepSummary:
         """Run to the end; on any interruption leave the study resumable, then re-raise."""
@@ -72,7 +114,8 @@ class SweepLoop(EventLoop):
         self.ledger.recover()  # a trial whose ask failed after its commit is settled too
         self.on_progress(self.snapshot(message="done"))
         s = self.state
-        return SweepSummary(self.ledger.info.name, s.complete, s.failed, s.ran, time.monotonic() - self.t0)
+        return SweepSummary(self.ledger.info.name, s.complete, s.failed, s.ran, time.monotonic() - self.t0,
+                            pruned=s.pruned)
 
     def _abandon(self) -> None:
         # Ctrl-C or a bug. A driver that lost its lease touches nothing: the study
@@ -93,17 +136,21 @@ class SweepLoop(EventLoop):
     # phases -------------------------------------------------------------------------------
 
     def finished(self) -> bool:
-        return self.state.complete >= self.n_trials
+        return self.state.complete + self.state.pruned >= self.n_trials
 
     def dispatch(self) -> None:
-        while self.state.complete + len(self.jobs) < self.n_trials:
+        while self.state.complete + self.state.pruned + len(self.jobs) < self.n_trials:
             actor = self.pool.take_idle()
             if actor is None:
                 return
             job = self.ledger.ask(self.plan)
             job.actor = actor
             meta = {"study": self.ledger.info.name, "trial": job.number}
-            self.submit(actor.run.remote(job.params, job.seed, meta), job)
+            if self.policy is None:
+                self.submit(actor.run.remote(job.params, job.seed, meta), job)
+            else:
+                job.keys = training_schedule(self.plan, job.params)
+                self.submit(actor.start.remote(job.params, job.seed, meta, self.policy.wants_scores), job)
             self.state.ran += 1
             self.state.changed = True
 
@@ -130,19 +177,20 @@ class SweepLoop(EventLoop):
         """Where the study stands, read from Optuna's trials."""
         info = self.ledger.info
         counts = self.ledger.counts()
-        complete = counts[TrialState.COMPLETE]
+        done = finished(counts)
         elapsed = time.monotonic() - self.t0
         now = self.state.completed_now
         p = Progress(
             study=info.name,
             n_trials=self.n_trials,
-            complete=complete,
+            complete=counts[TrialState.COMPLETE],
+            pruned=counts[TrialState.PRUNED],
             running=len(self.jobs),
             failed=counts[TrialState.FAIL],
             waiting=counts[TrialState.WAITING],
             baseline_accuracy=info.baseline_accuracy,
             elapsed=elapsed,
-            eta=elapsed / now * max(0, self.n_trials - complete) if now else None,
+            eta=elapsed / now * max(0, self.n_trials - done) if now else None,
             message=message,
         )
         best = self.ledger.best_feasible()
@@ -156,7 +204,8 @@ class SweepLoop(EventLoop):
 
     def route(self, event: Event) -> None:
         super().route(event)
-        self.state.changed = True
+        if not isinstance(event, TrialSized | TrialScored):  # a step changes no count
+            self.state.changed = True
 
     def _count_failure(self, error: str) -> bool:
         """Count a failure of this run; True when there were more than ``max_failures``."""
@@ -172,10 +221,47 @@ class SweepLoop(EventLoop):
 
     def on_job_done(self, event: JobDone) -> None:
         job: TrialJob = event.job
-        self.ledger.complete(job, self.pool.where(job.actor), event.value)
+        out = event.value
+        self.ledger.complete(job, self.pool.where(job.actor), out)
         self.state.complete += 1
         self.state.completed_now += 1
         self.pool.release(job.actor)
+        if self.policy is not None:
+            feasible = out.accuracy_drop <= self.ledger.config.constraints.max_accuracy_drop
+            self.policy.add(job.number, size=out.size_bytes, accuracy=out.accuracy, feasible=feasible,
+                            curve=job.curve, keys=job.keys)
+
+    def on_trial_sized(self, event: TrialSized) -> None:
+        """A trial's size is known: stop it if it cannot win, else let it train."""
+        job: TrialJob = event.job
+        job.size, job.busy = event.report, event.report.seconds
+        stop = self.policy.before_training(event.report.low) if self.policy is not None else None
+        if stop is None:
+            self.submit(job.actor.advance.remote(), job)
+        else:
+            self._stop(job, stop)
+
+    def on_trial_scored(self, event: TrialScored) -> None:
+        """A trial scored after an epoch: the worker goes on (or stops) before the score is written."""
+        job: TrialJob = event.job
+        r = event.report
+        job.curve[r.step], job.busy = r.score, r.seconds
+        low = job.size.low if job.size is not None else None
+        stop = self.policy.after_epoch(job.keys, r.step, r.score, low=low) if self.policy is not None else None
+        if stop is None:
+            self.submit(job.actor.advance.remote(), job)
+        self.ledger.report(job, r.step, r.score)
+        if stop is not None:
+            self._stop(job, stop)
+
+    def _stop(self, job: TrialJob, stop: Stop) -> None:
+        """Stop a trial: its worker drops it and is free at once; it is recorded as PRUNED."""
+        job.actor.drop.remote()  # runs before the worker's next trial (an actor's calls run in order)
+        self.pool.release(job.actor)
+        self.ledger.prune(job, self.pool.where(job.actor), stop)
+        self.state.pruned += 1
+        self.state.completed_now += 1
+        self.state.changed = True
 
     def on_worker_died(self, event: WorkerDied) -> None:
         job: TrialJob = event.job

@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 from crest.tasks import (
+    ScoreReport,
+    SizeReport,
     TrialOutcome,
     TrialPlan,
     TrialRunner,
@@ -24,6 +29,12 @@ logger = logging.getLogger(__name__)
 class TrialWorker:
     """Loads the workload once and the baseline once, then runs trials one at a time.
 
+    A trial runs in one call (:meth:`run`) or step by step, each step a call the driver
+    makes when it has read the previous one (:meth:`start`, then :meth:`advance` until it
+    returns the outcome): the worker keeps the trial in progress between calls, and the
+    driver stops a trial by sending no further step (:meth:`drop` frees its memory; the
+    next :meth:`start` would too).
+
     Args:
         workload: a built-in name or ``module:function``.
         plan: the resolved stages and parameters.
@@ -38,6 +49,8 @@ class TrialWorker:
         self.workload = get_workload(workload, search_path=search_path)
         self.plan = plan
         self.runner: TrialRunner | None = None
+        self._trial: Generator[SizeReport | ScoreReport, None, TrialOutcome] | None = None
+        self._busy = 0.0  # seconds this worker has spent on the trial in progress
 
     def node(self) -> dict[str, Any]:
         """Where this worker runs: Ray node id, host, pid, GPU name (or None)."""
@@ -71,3 +84,43 @@ class TrialWorker:
         if self.runner is None:
             raise RuntimeError("load_baseline must be called before run")
         return self.runner.run(params, seed=seed, metadata=metadata)
+
+    def start(
+        self, params: dict[str, Any], seed: int, metadata: dict[str, Any], scores: bool
+    ) -> SizeReport | ScoreReport | TrialOutcome:
+        """Begin a trial step by step: run it to its size report (see
+        :meth:`crest.tasks.TrialRunner.steps`; ``scores``: report every epoch's score)."""
+        if self.runner is None:
+            raise RuntimeError("load_baseline must be called before start")
+        self.drop()
+        self._trial = self.runner.steps(params, seed=seed, metadata=metadata, sizes=True, scores=scores)
+        self._busy = 0.0
+        return self.advance()
+
+    def advance(self) -> SizeReport | ScoreReport | TrialOutcome:
+        """Run the trial in progress to its next report, or to its end (its outcome).
+
+        Every report carries the seconds this worker has been busy on the trial; the
+        outcome's ``seconds`` is that total.
+        """
+        if self._trial is None:
+            raise RuntimeError("no trial in progress (start one first)")
+        t0 = time.perf_counter()
+        try:
+            report = next(self._trial)
+        except StopIteration as done:
+            self._trial = None
+            outcome: TrialOutcome = done.value
+            outcome.seconds = self._busy + time.perf_counter() - t0
+            return outcome
+        except BaseException:
+            self._trial = None
+            raise
+        self._busy += time.perf_counter() - t0
+        return replace(report, seconds=self._busy)
+
+    def drop(self) -> None:
+        """Forget the trial in progress, if any (the driver stopped it)."""
+        if self._trial is not None:
+            self._trial.close()
+            self._trial = None

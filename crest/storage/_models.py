@@ -60,7 +60,7 @@ class StudyRow(Base):
 
 
 class TrialRow(Base):
-    """A finished trial (complete or failed), keyed by Optuna's trial id."""
+    """A finished trial (complete, pruned or failed), keyed by Optuna's trial id."""
 
     __tablename__ = "crest_trials"
     __table_args__ = (UniqueConstraint("optuna_trial_id", name="uq_crest_trials_optuna_trial_id"),)
@@ -86,6 +86,7 @@ class TrialRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     transport_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why a PRUNED trial was stopped
 
 
 class NodeCheckRow(Base):

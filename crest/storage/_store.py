@@ -94,6 +94,7 @@ class TrialRecord:
     error: str | None
     finished_at: datetime
     transport_bytes: int | None = None
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (the keys of ``crest best --json``)."""
@@ -112,6 +113,7 @@ class TrialRecord:
             "node": self.node,
             "attempt": self.attempt,
             "retry_of": self.retry_of,
+            "reason": self.reason,
         }
 
 
@@ -152,6 +154,7 @@ def _trial_record(row: TrialRow) -> TrialRecord:
         error=row.error,
         finished_at=_aware(row.finished_at),  # type: ignore[arg-type]
         transport_bytes=row.transport_bytes,
+        reason=row.reason,
     )
 
 
@@ -471,8 +474,14 @@ class Store:
         node: str | None = None,
         error: str | None = None,
         transport_bytes: int | None = None,
+        size_bytes: int | None = None,
+        reason: str | None = None,
     ) -> TrialRecord:
         """Record a finished trial and its artifact in one transaction (fenced on the lease).
+
+        A trial stopped early (state PRUNED) has no artifact: ``size_bytes`` is the least
+        its artifact could have been, ``reason`` why it was stopped. With a ``blob``, the
+        size is the blob's.
 
         Idempotent: recording the same trial again with the same state and artifact (a retry
         after the connection dropped during the commit) returns its row and writes nothing;
@@ -493,7 +502,7 @@ class Store:
                 params_json=json.dumps(params, sort_keys=True),
                 accuracy=accuracy,
                 accuracy_drop=accuracy_drop,
-                size_bytes=len(blob) if blob is not None else None,
+                size_bytes=len(blob) if blob is not None else size_bytes,
                 ratio=ratio,
                 layers_json=json.dumps(layers, sort_keys=True) if layers is not None else None,
                 wall_seconds=wall_seconds,
@@ -504,6 +513,7 @@ class Store:
                 error=error,
                 finished_at=_utcnow(),
                 transport_bytes=transport_bytes,
+                reason=reason,
             )
             s.add(row)
             s.flush()

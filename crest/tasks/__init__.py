@@ -5,7 +5,8 @@ Needs torch; imported by workers and by the driver (to resolve layer names).
 
 from __future__ import annotations
 
-from crest.tasks._encode_plan import TensorPlan, plan_encoding, plan_tensor
+from crest.tasks._early_size import SizeBounds, TensorStructure, coincidence_allowance, size_bounds, structure_of
+from crest.tasks._encode_plan import TensorPlan, plan_counts, plan_encoding, plan_tensor
 from crest.tasks._finetune import finetune_centroids
 from crest.tasks._lowrank import (
     LowRankLinear,
@@ -30,6 +31,7 @@ from crest.tasks._plan import ParamSpec, StagePlan, TrialPlan, resolve_plan, sen
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights, kmeans_1d, share_weights
 from crest.tasks._sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, prunable_layers
+from crest.tasks._steps import ScoreReport, SizeReport, StepKey, size_point, training_schedule
 from crest.tasks._train import distill_loss, evaluate, train
 from crest.tasks._resolve import builtin_workloads, get_workload, register_workload
 from crest.tasks._workload import Workload
@@ -58,7 +60,18 @@ __all__ = [
     "share_weights",
     "plan_encoding",
     "plan_tensor",
+    "plan_counts",
     "TensorPlan",
+    "SizeBounds",
+    "TensorStructure",
+    "size_bounds",
+    "structure_of",
+    "coincidence_allowance",
+    "SizeReport",
+    "ScoreReport",
+    "StepKey",
+    "size_point",
+    "training_schedule",
     "encode_state",
     "state_to_numpy",
     "model_from_tensors",

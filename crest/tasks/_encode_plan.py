@@ -8,7 +8,7 @@ import numpy as np
 
 from crest.format import CHUNK_TABLE_COLUMNS, DEFAULT_CHUNK_ENTRIES
 
-__all__ = ["TensorPlan", "plan_tensor", "plan_encoding"]
+__all__ = ["TensorPlan", "plan_counts", "plan_encoding", "plan_tensor"]
 
 _MAX_BITS = 16
 
@@ -47,18 +47,42 @@ def plan_tensor(
     """
     flat = np.ascontiguousarray(array).reshape(-1)
     itemsize = flat.dtype.itemsize
-    dense = TensorPlan("dense", 1, 1, flat.size * itemsize)
     if flat.size == 0 or itemsize not in (1, 2, 4, 8):
-        return dense
+        return TensorPlan("dense", 1, 1, flat.size * itemsize)
     bits_view = flat.view(f"u{itemsize}")
     nz = np.flatnonzero(bits_view)
     n_codes = int(np.unique(bits_view[nz]).size)
+    gaps = np.diff(nz, prepend=-1) - 1 if nz.size else np.zeros(0, dtype=np.int64)
+    return plan_counts(gaps, flat.size, itemsize, n_codes, code_bits=code_bits, index_bits=index_bits)
+
+
+def plan_counts(
+    gaps: np.ndarray,
+    numel: int,
+    itemsize: int,
+    n_codes: int,
+    *,
+    code_bits: int | None = None,
+    index_bits: int | str = "auto",
+) -> TensorPlan:
+    """:func:`plan_tensor`'s choice from what it depends on: the zero pattern and the
+    count of distinct nonzero values, not the values themselves.
+
+    Args:
+        gaps: zeros before each nonzero entry, in C order (int64, one per nonzero).
+        numel: the tensor's element count.
+        itemsize: bytes per element (1, 2, 4 or 8).
+        n_codes: distinct nonzero bit patterns.
+        code_bits, index_bits: as for :func:`plan_tensor`.
+    """
+    dense = TensorPlan("dense", 1, 1, numel * itemsize)
+    if numel == 0 or itemsize not in (1, 2, 4, 8):
+        return dense
     needed = max(1, int(n_codes).bit_length())
     if code_bits is None:
         code_bits = needed
     if needed > code_bits or code_bits > _MAX_BITS:
         return dense
-    gaps = np.diff(nz, prepend=-1) - 1 if nz.size else np.zeros(0, dtype=np.int64)
     candidates = range(1, _MAX_BITS + 1) if index_bits == "auto" else [int(index_bits)]
     best: TensorPlan | None = None
     for ib in candidates:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crest.tasks._train import fit_epochs
+from crest.tasks._train import fit_epoch_steps
 from crest.tasks._workload import Workload
 
 __all__ = ["finetune_centroids"]
@@ -85,7 +85,8 @@ def finetune_centroids(
 
     opt = torch.optim.Adam([*values.values(), *others], lr=lr)
     write()
-    fit_epochs(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
-               distill_weight=distill_weight, temperature=temperature,
-               after_backward=shared_gradients, after_step=write)
+    for _ in fit_epoch_steps(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
+                             distill_weight=distill_weight, temperature=temperature,
+                             after_backward=shared_gradients, after_step=write):
+        pass
     return {n: np.concatenate([[0.0], v.detach().cpu().numpy()]).astype(np.float32) for n, v in values.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,22 @@ from torch import nn
 from crest import gpu
 from crest.exceptions import CrestError, WorkloadError
 from crest.format import DEFAULT_CHUNK_ENTRIES
+from crest.tasks._early_size import SizeBounds, size_bounds, structure_of
 from crest.tasks._encode_plan import plan_encoding
 from crest.tasks._finetune import finetune_centroids
 from crest.tasks._lowrank import apply_structure, factorize_layer
 from crest.tasks._plan import StagePlan, TrialPlan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights
-from crest.tasks._train import evaluate, train
+from crest.tasks._steps import (
+    ScoreReport,
+    SizeReport,
+    iterative_rounds,
+    quantized_bits,
+    size_point,
+    training_schedule,
+)
+from crest.tasks._train import evaluate, train, train_epochs
 from crest.tasks._resolve import get_workload
 from crest.tasks._workload import Workload
 
@@ -48,11 +58,11 @@ __all__ = [
     "train_baseline",
     "state_to_numpy",
     "model_from_tensors",
+    "check_fits",
     "dense_fp32_bytes",
     "encode_state",
     "load_artifact",
     "prune_schedule",
-    "check_fits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +81,7 @@ class TrialOutcome:
     width, or None when not quantized), "encoding", "index_bits", "nonzeros"}.
     ``transport_bytes`` is the size of the Huffman-coded transport form
     (:func:`crest.gpu.to_transport`); ``size_bytes`` is the GPU-resident file.
+    ``size_bounds`` is what a step-by-step run reported before retraining (low, high bytes).
     """
 
     blob: bytes
@@ -81,6 +92,7 @@ class TrialOutcome:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
     transport_bytes: int | None = None
+    size_bounds: tuple[int, int] | None = None
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
@@ -289,12 +301,43 @@ class TrialRunner:
         Raises:
             CrestError: a parameter is missing.
         """
+        trial = self.steps(params, seed=seed, metadata=metadata)
+        while True:
+            try:
+                next(trial)
+            except StopIteration as done:
+                outcome: TrialOutcome = done.value
+                return outcome
+
+    def steps(
+        self,
+        params: dict[str, Any],
+        *,
+        seed: int,
+        metadata: dict[str, Any] | None = None,
+        sizes: bool = False,
+        scores: bool = False,
+    ) -> Generator[SizeReport | ScoreReport, None, TrialOutcome]:
+        """:meth:`run` one step at a time, for a driver that may stop the trial early.
+
+        Yields, with ``sizes``, one :class:`SizeReport` as soon as the masks, ranks and
+        code widths are final (before the training that follows); with ``scores``, a
+        :class:`ScoreReport` after every retraining epoch (the in-memory model's score).
+        Returns the :class:`TrialOutcome`; draining it gives the same artifact as :meth:`run`.
+
+        Raises:
+            CrestError: a parameter is missing.
+        """
         start = time.perf_counter()
         missing = [p.name for p in self.plan.params if p.name not in params]
         if missing:
             raise CrestError(f"trial parameters missing: {', '.join(missing)}")
         torch.manual_seed(seed)
-        state = _TrialState(model_from_tensors(self.workload, self.baseline))
+        state = _TrialState(model_from_tensors(self.workload, self.baseline), scores=scores,
+                            steps=len(training_schedule(self.plan, params)))
+        point = size_point(self.plan, params) if sizes else None
+        if point == (-1, False):
+            yield self._size_report(state, params, metadata)
         stages = self.plan.stages
         for i, stage in enumerate(stages):
             if stage.type == "lowrank":
@@ -302,22 +345,40 @@ class TrialRunner:
             elif stage.type == "prune":
                 self._prune(state, stage, params)
             elif stage.type == "retrain":
-                previous = stages[i - 1] if i > 0 else None
                 prune_follows = any(s.type == "prune" for s in stages[i + 1 :])
-                self._retrain(state, stage, params, seed, previous, prune_follows)
+                sized = (lambda: self._size_report(state, params, metadata)) if point == (i, True) else None
+                yield from self._retrain(state, i, params, seed, prune_follows, sized)
             elif stage.type == "quantize":
                 self._quantize(state, stage, params, seed)
-        model = state.model
-        tensors = state_to_numpy(model)
+            if point == (i, False):
+                yield self._size_report(state, params, metadata)
+        return self._finish(state, metadata, start)
+
+    def _meta(self, state: _TrialState, metadata: dict[str, Any] | None) -> dict[str, Any]:
         meta: dict[str, Any] = {"workload": self.workload.name, **(metadata or {})}
         if state.structure:
             meta["lowrank"] = state.structure
+        return meta
+
+    def _size_report(self, state: _TrialState, params: dict[str, Any], metadata: dict[str, Any] | None) -> SizeReport:
+        """Bounds on the artifact's size from the structure as it stands (masks final)."""
+        bits = quantized_bits(self.plan, params)
+        structures = [structure_of(name, array, code_bits=bits.get(name))
+                      for name, array in state_to_numpy(state.model).items()]
+        bounds = size_bounds(structures, index_bits=self.plan.index_bits, chunk_entries=self.plan.chunk_entries,
+                             metadata=self._meta(state, metadata))
+        state.bounds = bounds
+        return SizeReport(bounds.low, bounds.high, state.steps, step=state.step)
+
+    def _finish(self, state: _TrialState, metadata: dict[str, Any] | None, start: float) -> TrialOutcome:
+        """Encode, decode, and score the decoded bytes."""
+        tensors = state_to_numpy(state.model)
         blob = encode_state(
             tensors,
             code_bits=state.code_bits,
             index_bits=self.plan.index_bits,
             chunk_entries=self.plan.chunk_entries,
-            metadata=meta,
+            metadata=self._meta(state, metadata),
         )
         decoded = gpu.decode(blob)
         rebuilt = model_from_tensors(self.workload, decoded, structure=state.structure)
@@ -325,6 +386,10 @@ class TrialRunner:
         manifest = gpu.inspect(blob)
         layers = _layer_report(decoded, manifest, state.code_bits, state.structure)
         size = len(blob)
+        bounds = state.bounds
+        if bounds is not None and not bounds.holds(size):
+            logger.warning("the artifact is %d bytes, outside the bounds %d..%d reported before retraining",
+                           size, bounds.low, bounds.high)
         return TrialOutcome(
             blob=blob,
             accuracy=accuracy,
@@ -334,7 +399,15 @@ class TrialRunner:
             layers=layers,
             seconds=time.perf_counter() - start,
             transport_bytes=int(manifest["transport_bytes"]),
+            size_bounds=None if bounds is None else (bounds.low, bounds.high),
         )
+
+    def _epochs(self, state: _TrialState, epochs: Iterator[int]) -> Iterator[ScoreReport]:
+        """Run training epochs; after each, a score when the trial reports them."""
+        for _ in epochs:
+            state.step += 1
+            if state.scores:
+                yield ScoreReport(state.step, evaluate(state.model, self.workload), state.steps)
 
     # ------------------------------------------------------------------ stages
 
@@ -370,16 +443,17 @@ class TrialRunner:
     def _retrain(
         self,
         state: _TrialState,
-        stage: StagePlan,
+        index: int,
         params: dict[str, Any],
         seed: int,
-        previous: StagePlan | None,
         prune_follows: bool,
-    ) -> None:
+        sized: Callable[[], SizeReport] | None = None,
+    ) -> Iterator[SizeReport | ScoreReport]:
+        stage = self.plan.stages[index]
         opts = stage.options
         epochs = int(params[opts["epochs"]])
         lr = float(params[opts["lr"]]) if opts.get("lr") else self.workload.lr
-        rounds = int(params[opts["rounds"]]) if opts.get("rounds") else 1
+        rounds = iterative_rounds(self.plan.stages, index, params)
         distill: dict[str, Any] = {}
         if opts.get("distill_weight"):
             distill = {
@@ -388,17 +462,20 @@ class TrialRunner:
                 "temperature": float(params[opts["distill_temperature"]]),
             }
         model = state.model
+        previous = self.plan.stages[index - 1] if index > 0 else None
         if rounds > 1 and previous is not None and previous.type == "prune" and state.before_prune:
-            self._iterative(state, rounds, opts.get("schedule", "cubic"), epochs, lr, seed, distill)
+            yield from self._iterative(state, rounds, opts.get("schedule", "cubic"), epochs, lr, seed, distill, sized)
         else:
             for r in range(rounds):
-                train(model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill)
+                yield from self._epochs(state, train_epochs(
+                    model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill))
         if opts.get("dsd"):
             dsd_epochs = int(params[opts["dsd_epochs"]])
             named = dict(model.named_parameters())
             sparsity = {n: 1.0 - float(m.float().mean()) for n, m in state.masks.items()}
             # dense phase: no masks, pruned weights start at zero and may regrow
-            train(model, self.workload, epochs=dsd_epochs, lr=lr, seed=seed + DSD_SEED_OFFSET, **distill)
+            yield from self._epochs(state, train_epochs(
+                model, self.workload, epochs=dsd_epochs, lr=lr, seed=seed + DSD_SEED_OFFSET, **distill))
             state.masks = {}
             if not prune_follows:
                 with torch.no_grad():
@@ -416,7 +493,8 @@ class TrialRunner:
         lr: float,
         seed: int,
         distill: dict[str, Any],
-    ) -> None:
+        sized: Callable[[], SizeReport] | None = None,
+    ) -> Iterator[SizeReport | ScoreReport]:
         weights, masks = state.before_prune or ({}, {})
         named = dict(state.model.named_parameters())
         with torch.no_grad():
@@ -436,7 +514,10 @@ class TrialRunner:
                         mask &= state.masks[n]
                     state.masks[n] = mask
                     named[n].mul_(mask)
-            train(state.model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill)
+            if r == rounds and sized is not None:  # the last round's masks are the final ones
+                yield sized()
+            yield from self._epochs(state, train_epochs(
+                state.model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill))
 
     def _quantize(self, state: _TrialState, stage: StagePlan, params: dict[str, Any], seed: int) -> None:
         named = dict(state.model.named_parameters())
@@ -487,6 +568,10 @@ class _TrialState:
     structure: dict[str, Any] = field(default_factory=dict)
     pruned: dict[str, float] = field(default_factory=dict)
     before_prune: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    scores: bool = False  # score the model after every retraining epoch
+    steps: int = 0  # retraining epochs the trial runs in all
+    step: int = 0  # retraining epochs run so far
+    bounds: SizeBounds | None = None  # the size reported before retraining, checked at the end
 
 
 def _layer_report(

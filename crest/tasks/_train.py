@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from crest.tasks._workload import Workload
 
-__all__ = ["train", "fit_epochs", "evaluate", "batches", "batch_loss", "distill_loss"]
+__all__ = ["batch_loss", "batches", "distill_loss", "evaluate", "fit_epoch_steps", "train", "train_epochs"]
 
 
 def batches(
@@ -79,20 +79,43 @@ def train(
         distill_weight: w in [0, 1].
         temperature: the distillation temperature T.
     """
+    for _ in train_epochs(model, workload, epochs=epochs, lr=lr, seed=seed, masks=masks, teacher=teacher,
+                          distill_weight=distill_weight, temperature=temperature):
+        pass
+    return model
+
+
+def train_epochs(
+    model: nn.Module,
+    workload: Workload,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    masks: dict[str, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
+) -> Iterator[int]:
+    """:func:`train`, one epoch at a time: yields the count of epochs done after each.
+
+    The optimizer and the shuffle carry over between epochs, so draining it trains
+    exactly as :func:`train` does; the model is in eval mode at every yield (it may be
+    scored there).
+    """
     if epochs <= 0:
-        return model
+        return
     params = dict(model.named_parameters())
     held = {name: m.to(params[name].device) for name, m in (masks or {}).items()}
     for name, m in held.items():
         with torch.no_grad():
             params[name].mul_(m)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    fit_epochs(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
-               distill_weight=distill_weight, temperature=temperature)
-    return model
+    yield from fit_epoch_steps(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
+                               distill_weight=distill_weight, temperature=temperature)
 
 
-def fit_epochs(
+def fit_epoch_steps(
     model: nn.Module,
     workload: Workload,
     opt: torch.optim.Optimizer,
@@ -105,13 +128,13 @@ def fit_epochs(
     temperature: float = 4.0,
     after_backward: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
-) -> None:
-    """The minibatch loop of :func:`train` and centroid fine-tuning, on the model's device.
+) -> Iterator[int]:
+    """The minibatch loop of :func:`train` and centroid fine-tuning, on the model's device;
+    yields the count of epochs done after each (the model in eval mode there).
 
     Per minibatch: zero the gradients, :func:`batch_loss`, backward, ``after_backward()``,
     zero the gradients of ``held`` entries (parameter name -> mask on its device), step,
-    zero the held entries again, ``after_step()``. ``seed`` seeds the shuffle; the model
-    is left in eval mode.
+    zero the held entries again, ``after_step()``. ``seed`` seeds the shuffle.
     """
     params = dict(model.named_parameters())
     loss_fn = workload.loss or nn.functional.cross_entropy
@@ -119,8 +142,8 @@ def fit_epochs(
     device = next(model.parameters()).device
     if teacher is not None:
         teacher.eval()
-    model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        model.train()
         for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
             loss = batch_loss(model, loss_fn, xb.to(device), yb.to(device), teacher, distill_weight, temperature)
@@ -137,6 +160,8 @@ def fit_epochs(
                     params[name].mul_(m)
             if after_step is not None:
                 after_step()
+        model.eval()
+        yield epoch + 1
     model.eval()
 
 
