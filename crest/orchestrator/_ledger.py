@@ -186,6 +186,7 @@ class TrialLedger:
             job, "COMPLETE", node,
             blob=out.blob, accuracy=out.accuracy, accuracy_drop=out.accuracy_drop, ratio=out.ratio,
             layers=out.layers, wall_seconds=out.seconds, transport_bytes=out.transport_bytes,
+            device=out.device, details=out.details or None,
         ))
         self._db(f"telling Optuna trial {job.number}", lambda: self._tell_complete(
             job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio

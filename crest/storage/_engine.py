@@ -30,7 +30,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 _ALEMBIC_DIR = Path(__file__).with_name("_alembic")
 
 

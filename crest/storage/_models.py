@@ -26,14 +26,16 @@ class Base(DeclarativeBase):
 
 
 class ArtifactRow(Base):
-    """A content-addressed artifact: its SHA-256 is the id; the blob lives in the database."""
+    """A content-addressed artifact: its SHA-256 is the id. The bytes live in ``blob``, or,
+    when it is NULL, in an artifact store at ``location`` (a URL without credentials)."""
 
     __tablename__ = "crest_artifacts"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     format_version: Mapped[int] = mapped_column(Integer)
-    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    location: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -87,6 +89,8 @@ class TrialRow(Base):
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     transport_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why a PRUNED trial was stopped
+    device: Mapped[str | None] = mapped_column(String(64), nullable=True)  # cpu, cuda:0, ...
+    details_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # timings, latency, warnings
 
 
 class NodeCheckRow(Base):

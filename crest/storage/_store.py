@@ -95,6 +95,8 @@ class TrialRecord:
     finished_at: datetime
     transport_bytes: int | None = None
     reason: str | None = None
+    device: str | None = None
+    details: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (the keys of ``crest best --json``)."""
@@ -114,6 +116,8 @@ class TrialRecord:
             "attempt": self.attempt,
             "retry_of": self.retry_of,
             "reason": self.reason,
+            "device": self.device,
+            "details": self.details,
         }
 
 
@@ -133,6 +137,19 @@ def _study_info(row: StudyRow) -> StudyInfo:
         lease_heartbeat=_aware(row.lease_heartbeat),
         lease_ttl=row.lease_ttl,
     )
+
+
+MAX_DETAILS_BYTES = 64 * 1024  # a trial's measurements: timings, latency, warnings
+
+
+def _details_json(details: dict[str, Any] | None) -> str | None:
+    """``details`` as stored: JSON, refused past :data:`MAX_DETAILS_BYTES`."""
+    if details is None:
+        return None
+    text = json.dumps(details, sort_keys=True, allow_nan=False)
+    if len(text) > MAX_DETAILS_BYTES:
+        raise StorageError(f"a trial's details are {len(text):,} bytes of JSON; the limit is {MAX_DETAILS_BYTES:,}")
+    return text
 
 
 def _trial_record(row: TrialRow) -> TrialRecord:
@@ -155,6 +172,8 @@ def _trial_record(row: TrialRow) -> TrialRecord:
         finished_at=_aware(row.finished_at),  # type: ignore[arg-type]
         transport_bytes=row.transport_bytes,
         reason=row.reason,
+        device=row.device,
+        details=json.loads(row.details_json) if row.details_json else None,
     )
 
 
@@ -476,12 +495,15 @@ class Store:
         transport_bytes: int | None = None,
         size_bytes: int | None = None,
         reason: str | None = None,
+        device: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> TrialRecord:
         """Record a finished trial and its artifact in one transaction (fenced on the lease).
 
         A trial stopped early (state PRUNED) has no artifact: ``size_bytes`` is the least
         its artifact could have been, ``reason`` why it was stopped. With a ``blob``, the
-        size is the blob's.
+        size is the blob's. ``device`` is where the trial ran (``cpu``, ``cuda:0``);
+        ``details`` a JSON object of its measurements, at most :data:`MAX_DETAILS_BYTES`.
 
         Idempotent: recording the same trial again with the same state and artifact (a retry
         after the connection dropped during the commit) returns its row and writes nothing;
@@ -514,6 +536,8 @@ class Store:
                 finished_at=_utcnow(),
                 transport_bytes=transport_bytes,
                 reason=reason,
+                device=device,
+                details_json=_details_json(details),
             )
             s.add(row)
             s.flush()

@@ -82,6 +82,9 @@ class TrialOutcome:
     ``transport_bytes`` is the size of the Huffman-coded transport form
     (:func:`crest.gpu.to_transport`); ``size_bytes`` is the GPU-resident file.
     ``size_bounds`` is what a step-by-step run reported before retraining (low, high bytes).
+    ``device`` is where the trial ran (``cpu``, ``cuda:0``); ``details`` holds its
+    measurements as a small JSON object: ``timings`` (seconds per phase), ``latency``,
+    ``peak_rss_bytes``, ``fit_warning`` (each optional).
     """
 
     blob: bytes
@@ -93,6 +96,8 @@ class TrialOutcome:
     seconds: float = 0.0
     transport_bytes: int | None = None
     size_bounds: tuple[int, int] | None = None
+    device: str = "cpu"
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -71,6 +71,25 @@ def test_trial_and_artifact_in_one_transaction(storage_url: str) -> None:
         store.close()
 
 
+def test_a_trial_keeps_its_device_and_details_and_oversized_details_are_refused(storage_url: str) -> None:
+    store = Store(storage_url, create=True)
+    try:
+        study = _study(store)
+        details = {"timings": {"train": 1.5, "encode": 0.25}, "fit_warning": "fit never called after_step()"}
+        rec = store.record_trial(study.id, optuna_trial_id=31, number=0, state="COMPLETE", params={}, attempt=1,
+                                 blob=_blob(1), accuracy=0.9, accuracy_drop=0.0, ratio=2.0,
+                                 device="cuda:0", details=details)
+        again = store.trials(study.id)[0]
+        assert (again.device, again.details) == ("cuda:0", details) == (rec.device, rec.details)
+        assert again.as_dict()["device"] == "cuda:0" and again.as_dict()["details"] == details
+        with pytest.raises(StorageError, match="details are .* bytes of JSON"):
+            store.record_trial(study.id, optuna_trial_id=32, number=1, state="FAIL", params={}, attempt=1,
+                               details={"warning": "x" * 70_000})
+        assert store.count_trials(study.id) == {"COMPLETE": 1}
+    finally:
+        store.close()
+
+
 def test_best_orders_by_size_within_the_drop(storage_url: str) -> None:
     store = Store(storage_url, create=True)
     try:
