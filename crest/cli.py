@@ -248,13 +248,16 @@ def status(
     as_json: JsonOpt = False,
     lease_ttl: LeaseTtlOpt = 30.0,
 ) -> None:
-    """Show a study's progress: trials complete, running, failed and waiting, and the best."""
+    """Show a study's progress: trials complete, running, failed and waiting, the best, and
+    the workers that ran its trials on a GPU and on the CPU."""
     from crest.storage import study_status
+    from crest.tasks._device import count_workers
 
     store = _open_store(_storage(storage))
     try:
         info = store.require_study(study)
         st = study_status(store, info, lease_ttl=lease_ttl)
+        st["workers"] = count_workers((t.device, t.details) for t in store.trials(info.id))
     finally:
         store.close()
     if as_json:
@@ -276,6 +279,7 @@ def status(
         )
     else:
         typer.echo(f"best       none within max drop {st['max_accuracy_drop']}")
+    typer.echo(f"workers    {st['workers']['gpu']} on a GPU, {st['workers']['cpu']} on the CPU (that ran recorded trials)")
     typer.echo(f"driver     {st['driver']}" + (f" ({st['driver_owner']})" if st["driver_owner"] else ""))
 
 
@@ -343,7 +347,9 @@ def best(
 ) -> None:
     """List the smallest artifacts within the accuracy-drop limit (and filters), best first.
 
-    When no trial matches, says why and names the closest trial instead.
+    When no trial matches, says why and names the closest trial instead. For a model with
+    more than 6 searched layers the table shows overall sparsity, mean bits and the most
+    and least pruned layers instead of per-layer columns (--json and --csv keep them all).
     """
     from crest.report import parse_accuracy, parse_size
     from crest.storage import max_drop_of
@@ -405,26 +411,39 @@ def _best_pruned(url: str, study: str, *, as_json: bool, as_csv: bool) -> None:
 
 def _print_best(trials: list[Any], info: Any, max_drop: float, *, why_none: str | None = None) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from crest.report import best_table
 
     if not trials:
         typer.echo(why_none or f"no complete trial of '{info.name}' is within max drop {max_drop}")
         return
-    base = info.baseline_accuracy
-    table = Table(
-        "trial", "ratio", "bytes", "accuracy", "drop", "sparsity", "bits",
-        title=f"best of '{info.name}' (baseline {base:.4f}, max drop {max_drop})" if base is not None else None,
-    )
-    for t in trials:
-        layers = t.layers or {}
-        weights = {k: v for k, v in layers.items() if k.endswith("weight")}
-        sparsity = " ".join(f"{v['sparsity']:.2f}" for v in weights.values())
-        bits = " ".join(str(v["bits"]) if v.get("bits") else "-" for v in weights.values())
-        table.add_row(
-            str(t.number), f"{t.ratio:.1f}x", f"{t.size_bytes:,}", f"{t.accuracy:.4f}",
-            f"{t.accuracy_drop:+.4f}", sparsity, bits,
-        )
-    Console().print(table)
+    Console().print(best_table(trials, info, max_drop))
+
+
+@app.command()
+def show(
+    study: StudyArg,
+    trial: Annotated[int, typer.Argument(help="The trial's number.", show_default=False)],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show everything about one finished trial (COMPLETE, PRUNED or FAIL).
+
+    Per layer: shape, parameters, sparsity, rank, bits, encoding and stored bytes; then the
+    trial's params, device, node, attempt (and the trial it retries), state and reason or
+    error, wall time, and the measurements it recorded (timings, latency, warnings).
+    """
+    from crest.report import print_trial, trial_report
+
+    store = _open_store(_storage(storage))
+    try:
+        report = trial_report(store, study, trial)
+    finally:
+        store.close()
+    if as_json:
+        _echo_json(report)
+    else:
+        print_trial(report)
 
 
 @app.command()
@@ -509,6 +528,51 @@ def export(
         store.close()
     write_atomic(output, blob, force=force)
     typer.echo(f"wrote {output}: trial {record.number}, {len(blob):,} bytes, sha256 {record.artifact_sha256}")
+
+
+@app.command()
+def gc(
+    study: StudyArg,
+    keep: Annotated[
+        str,
+        typer.Option("--keep", help="Trials whose artifacts stay: best (crest best's first), pareto "
+                     "(the size/accuracy front), or all (only orphans go). The baseline always stays."),
+    ] = "best",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
+    storage: StorageOpt = None,
+    lease_ttl: LeaseTtlOpt = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the artifacts of trials not kept, and orphans a crash left; print the bytes freed.
+
+    Trial rows stay (with sizes, scores and SHA-256); only the artifacts' bytes go, from the
+    artifact store and from the database. Refused while a driver runs the study.
+    """
+    from crest.storage import Store, collect_garbage, lease_owner_id
+    from crest.storage._gc import KEEP_CHOICES
+
+    if keep not in KEEP_CHOICES:
+        raise ConfigError(f"--keep: choose one of {', '.join(KEEP_CHOICES)}, not '{keep}'")
+    url = _storage(storage)
+    store = _open_store(url) if dry_run else Store(url, create=False, upgrade=False)
+    try:
+        info = store.require_study(study)
+        report = collect_garbage(store, info, keep=keep, dry_run=dry_run,  # type: ignore[arg-type]
+                                 owner=lease_owner_id(), lease_ttl=lease_ttl)
+    finally:
+        store.close()
+    if as_json:
+        _echo_json({**report.__dict__, "freed_bytes": report.freed_bytes})
+        return
+    verb = "would free" if dry_run else "freed"
+    typer.echo(
+        f"{study}: {verb} {report.freed_bytes:,} bytes: {report.store_bytes:,} from {report.store_files} store "
+        f"files ({report.orphan_files} without a row), {report.database_bytes:,} from the database; "
+        f"{report.database_rows} artifacts emptied ({report.orphan_rows} unused rows deleted); "
+        f"kept trials: {', '.join(map(str, report.kept_trials)) or 'none'} and the baseline"
+    )
+    for line in report.skipped:
+        typer.echo(f"skipped {line}", err=True)
 
 
 @app.command("inspect")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE = "sqlite:///crest.db"
+DEFAULT_ARTIFACT_INLINE_MAX = 256 * 1024  # bytes: larger artifacts go to the artifact store
 
 
 class _Strict(BaseModel):
@@ -391,11 +393,27 @@ class EarlyStopping(_Strict):
 
 
 class RayOptions(_Strict):
-    """Where and how the workers run."""
+    """Where and how the workers run; ``gpus_per_worker`` may be a fraction (0.25: four
+    workers share one GPU) or a whole number."""
 
     address: str | None = None
     cpus_per_worker: float = Field(default=1.0, gt=0)
-    gpus_per_worker: float = Field(default=0.0, ge=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0, le=64)
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"above 1 it must be a whole number of GPUs, got {v}")
+        return v
+
+
+class LatencyOptions(_Strict):
+    """How each trial times its compressed model (``latency:`` in the sweep file; ``false`` turns it off)."""
+
+    enabled: bool = True
+    warmup: int = Field(default=2, ge=0, le=100)
+    repeats: int = Field(default=5, ge=1, le=1000)
 
 
 class SweepConfig(_Strict):
@@ -408,13 +426,32 @@ class SweepConfig(_Strict):
     workers: int = Field(default=1, ge=1, le=4096)
     seed: int = Field(default=0, ge=0)
     sampler: Literal["tpe", "random"] = "tpe"
-    objectives: list[Literal["size", "accuracy"]] = Field(default=["size"], min_length=1)
+    objectives: list[Literal["size", "accuracy", "latency"]] = Field(default=["size"], min_length=1)
     constraints: Constraints = Constraints()
     stages: list[Stage] = Field(min_length=1)
     max_retries: int = Field(default=2, ge=0, le=100)
     max_failures: int | None = Field(default=None, ge=0)
     early_stopping: EarlyStopping | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    latency: LatencyOptions = LatencyOptions()
     ray: RayOptions = RayOptions()
+
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _latency_switch(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+    # where artifacts larger than artifact_inline_max (bytes) live: a directory or an fsspec URL
+    artifacts: str | None = Field(default=None, max_length=1000)
+    artifact_inline_max: int = Field(default=DEFAULT_ARTIFACT_INLINE_MAX, ge=0, le=64 * 1024 * 1024)
+
+    @field_validator("artifacts")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from crest.storage._artifacts import normalize_store_url
+
+        return normalize_store_url(v)
 
     @field_validator("study")
     @classmethod
@@ -449,6 +486,17 @@ class SweepConfig(_Strict):
                 raise ValueError("stages: 'lowrank' must come before every prune and quantize stage")
         return self
 
+    @model_validator(mode="after")
+    def _devices(self) -> SweepConfig:
+        if self.device == "cuda" and self.ray.gpus_per_worker <= 0:
+            raise ValueError("device: 'cuda' needs ray.gpus_per_worker > 0 (a worker holds no GPU otherwise)")
+        if "latency" in self.objectives and not self.latency.enabled:
+            raise ValueError("objectives: 'latency' needs latency measured (latency.enabled: true)")
+        if "latency" in self.objectives and self.early_stopping is not None and self.early_stopping.size_dominated:
+            raise ValueError("objectives: 'latency' cannot go with early_stopping.size_dominated "
+                             "(a larger trial may be faster); set it to false")
+        return self
+
     def replace(self, *, source: str = "", **changes: Any) -> SweepConfig:
         """A copy with top-level keys changed (None leaves a key as it is), validated again.
 
@@ -471,7 +519,7 @@ class SweepConfig(_Strict):
     def search_identity(self) -> dict[str, Any]:
         """The parts that define the search; a resumed study must keep them."""
         data = self.model_dump(mode="json")
-        for key in ("n_trials", "workers", "storage", "ray", "max_failures", "study"):
+        for key in ("n_trials", "workers", "storage", "ray", "max_failures", "study", "device", "latency"):
             data.pop(key, None)
         return data
 
@@ -589,6 +637,24 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
     return parse_sweep(data, source=str(p), overrides=overrides), text
 
 
-def match_layers(pattern: str, names: list[str]) -> list[str]:
-    """Parameter names matching a glob, in model order."""
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+GLOB_CHARACTERS = frozenset("*?[")
+"""Characters that make a layer pattern a glob; a pattern without them names one parameter."""
+
+
+def is_glob(pattern: str) -> bool:
+    """True when ``pattern`` holds a glob character (``*``, ``?`` or ``[``)."""
+    return any(c in GLOB_CHARACTERS for c in pattern)
+
+
+def match_layers(pattern: str, names: list[str], *, eligible: Collection[str] | None = None) -> list[str]:
+    """Parameter names matching a layer pattern, in model order.
+
+    Args:
+        pattern: a glob (``fc*.weight``) or an exact parameter name.
+        names: the model's parameter names.
+        eligible: the names a glob may match (None: all); a pattern without glob
+            characters matches the parameter it names whether eligible or not.
+    """
+    if not is_glob(pattern):
+        return [n for n in names if n == pattern]
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern) and (eligible is None or n in eligible)]

@@ -37,7 +37,7 @@ from crest.orchestrator._space import directions, make_sampler
 from crest.orchestrator._sweep_loop import SweepLoop
 from crest.report import write_study_note
 from crest.storage import Store, StudyInfo, lease_owner_id
-from crest.tasks import dense_fp32_bytes, get_workload, prunable_layers, resolve_plan
+from crest.tasks import dense_fp32_bytes, embedding_tables, get_workload, prunable_layers, resolve_plan
 
 __all__ = ["SweepDriver"]
 
@@ -89,7 +89,8 @@ class SweepDriver:
             # what optuna-dashboard shows: objective names, and the sweep file as the study's note
             with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(["size_bytes" if o == "size" else "accuracy" for o in self.config.objectives])
+                names = {"size": "size_bytes", "latency": "latency_ms"}
+                study.set_metric_names([names.get(o, o) for o in self.config.objectives])
             storage = session.store.optuna_storage()
             write_study_note(storage, storage.get_study_id_from_name(self.config.study), session.info.sweep_yaml)
             ledger = TrialLedger(session.store, study, session.info, self.config, retry_budget=self.options.db_retry)
@@ -130,6 +131,7 @@ class SweepDriver:
             [n for n, _ in named],
             shapes={n: tuple(p.shape) for n, p in named},
             sensitivity=None if for_sensitivity else self._stored_sensitivity(),
+            embeddings=embedding_tables(model),
         )
         with ExitStack() as stack:
             store = Store(self.storage_url, create=True)
@@ -139,9 +141,11 @@ class SweepDriver:
             lease.start()
             stack.callback(lease.release)
             info = self._update_study(store, info)
+            t_ray = time.monotonic()
             started_ray = connect(cfg.ray.address, cpus_needed=cfg.workers * cfg.ray.cpus_per_worker)
             stack.callback(disconnect, started_ray)
             t0 = time.monotonic()
+            logger.info("start-up: Ray took %.2f s", t0 - t_ray)
             pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
             stack.callback(pool.kill_all)
             artifacts = self._check_nodes(store, info, pool)
@@ -205,8 +209,10 @@ class SweepDriver:
         """Run the decoder check on every node; returns the study's artifacts it used."""
         artifacts = self._check_artifacts(store, info)
         self.on_progress(Progress(info.name, info.n_trials, message="checking the decoder on every node"))
+        t0 = time.monotonic()
         pool.scan_nodes(artifacts)
         pool.wait_for_checks()
+        logger.info("start-up: decoder checks took %.2f s", time.monotonic() - t0)
         if not pool.passed_nodes():
             reasons = "; ".join(f"{c['host']}: {c['reason']}" for c in store.node_checks(info.id) if not c["passed"])
             raise SweepError(f"no node passed the decoder check ({reasons or 'no alive node'})")
@@ -240,6 +246,7 @@ class SweepDriver:
 
         cfg = self.config
         self.on_progress(Progress(info.name, info.n_trials, message="training the baseline"))
+        t0 = time.monotonic()
         room = pool.placement(1)
         if not room:
             raise SweepError(
@@ -253,7 +260,8 @@ class SweepDriver:
         except ray.exceptions.RayError as e:
             raise SweepError(f"the baseline could not be trained: {short_error(e)}") from e
         store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)
-        logger.info("baseline of study '%s': accuracy %.4f, %d bytes", info.name, accuracy, len(blob))
+        logger.info("baseline of study '%s': accuracy %.4f, %d bytes (start-up: %.2f s training it)",
+                    info.name, accuracy, len(blob), time.monotonic() - t0)
         return trainer
 
     def _check_artifacts(self, store: Store, info: StudyInfo) -> list[bytes]:
@@ -262,7 +270,7 @@ class SweepDriver:
         if info.baseline_sha256 is not None:
             out.append(store.get_artifact(info.baseline_sha256))
         best = store.best(info.id, max_drop=float("inf"), top=1)
-        if best and best[0].artifact_sha256:
+        if best and best[0].artifact_sha256 and store.artifact_kept(best[0].artifact_sha256):
             out.append(store.get_artifact(best[0].artifact_sha256))
         return out
 

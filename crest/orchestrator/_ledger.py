@@ -8,6 +8,12 @@ between leaves a trial that :meth:`~TrialLedger.recover` tells from the row. A t
 stopped early (:meth:`~TrialLedger.prune`) is recorded the same way, as PRUNED; the
 scores it reported while retraining are written to Optuna as they come
 (:meth:`~TrialLedger.report`), before any decision that reads them is recorded.
+
+A finished trial's Optuna attributes (its results, its constraint values) are rows of the
+same transaction as crest's row, so each trial costs one commit and then ``tell``. The
+ledger keeps the study's trial counts and its best feasible trial up to date from what it
+records (it is the study's only writer, under the lease), reading them from the database
+only when it starts and after :meth:`~TrialLedger.recover`.
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ from optuna.trial import TrialState
 
 from crest.config import SweepConfig
 from crest.orchestrator._optuna_private import (
-    set_constraints,
+    finish_trial,
     set_intermediate_value,
-    set_user_attrs,
     trial_id,
+    write_trial_attrs,
 )
+from crest.orchestrator._sampler_view import SamplerView
 from crest.orchestrator._space import CONSTRAINT_ATTR, objective_values, suggest
 from crest.orchestrator._stopping import Stop, pruned_constraint
 from crest.storage import Store, StudyInfo, TrialRecord, retry_transient
+from crest.storage._artifacts import register_artifact
 from crest.tasks import SizeReport, TrialOutcome, TrialPlan
 
 __all__ = ["TrialJob", "TrialLedger", "finished", "ATTEMPT_ATTR", "RETRY_OF_ATTR", "SEED_ATTR", "PRUNED_REASON_ATTR", "trial_seed"]
@@ -51,6 +59,15 @@ TRIAL_SEED_STRIDE = 100_003
 def trial_seed(study_seed: int, number: int) -> int:
     """The seed of trial ``number``'s first attempt (retries keep it)."""
     return study_seed * TRIAL_SEED_STRIDE + number
+
+
+@dataclass
+class Best:
+    """The smallest complete trial within the accuracy constraint (bytes, ratio, score)."""
+
+    size_bytes: int
+    ratio: float | None
+    accuracy: float | None
 
 
 @dataclass
@@ -134,6 +151,26 @@ class TrialLedger:
         self.info = info
         self.config = config
         self.retry_budget = retry_budget
+        self.tally: dict[TrialState, int] = dict.fromkeys(TrialState, 0)
+        self.best: Best | None = None
+        self.view = SamplerView(study)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the study's counts, best feasible trial and sampler view from the database."""
+        self.tally = self.counts()
+        self._db("reading the trials", self.view.load)
+        best = self.best_feasible()
+        self.best = None if best is None else Best(
+            int(best.user_attrs.get("size_bytes", 0)), best.user_attrs.get("ratio"), best.user_attrs.get("accuracy")
+        )
+
+    def _moved(self, before: TrialState | None, after: TrialState | None) -> None:
+        """One trial changed state (None: not a trial of the study)."""
+        if before is not None:
+            self.tally[before] = max(0, self.tally[before] - 1)
+        if after is not None:
+            self.tally[after] += 1
 
     def _db(self, what: str, fn: Callable[[], T]) -> T:
         return retry_transient(fn, what=what, budget=self.retry_budget)
@@ -141,11 +178,19 @@ class TrialLedger:
     # asking ---------------------------------------------------------------------------------
 
     def ask(self, plan: TrialPlan) -> TrialJob:
-        """The next trial: a queued retry first (Optuna serves those), else a new proposal."""
+        """The next trial: a queued retry first (Optuna serves those), else a new proposal
+        of the sampler's in-memory view, created in the database in one commit."""
+        if not self.tally[TrialState.WAITING]:
+            tid, number, params = self._db("asking Optuna for a trial", lambda: self.view.ask(plan))
+            self._moved(None, TrialState.RUNNING)
+            seed = trial_seed(self.config.seed, number)
+            return TrialJob(number, tid, params, attempt=1, retry_of=None, seed=seed, started=time.monotonic())
         trial = self._db("asking Optuna for a trial", self.study.ask)
         # suggesting a parameter that is set already returns it, so this part may run again
         params = self._db(f"proposing the parameters of trial {trial.number}", lambda: suggest(trial, plan))
+        self._db("reading the trial", lambda: self.view.started(trial))
         job = _job(trial, params, self.config.seed)
+        self._moved(TrialState.WAITING, TrialState.RUNNING)
         if job.attempt > 1:
             logger.info("trial %d re-runs trial %s (attempt %d)", job.number, job.retry_of, job.attempt)
         return job
@@ -153,6 +198,7 @@ class TrialLedger:
     # recording ------------------------------------------------------------------------------
 
     def _record(self, job: TrialJob, state: str, node: dict[str, Any], **result: Any) -> None:
+        """crest's row of a finished trial (``also=``: more rows of the same transaction)."""
         self.store.record_trial(
             self.info.id,
             optuna_trial_id=job.trial_id,
@@ -165,9 +211,11 @@ class TrialLedger:
             **result,
         )
 
-    def _tell_complete(self, job: TrialJob, *, size_bytes: int, accuracy: float, drop: float, ratio: float) -> None:
+    def _complete_attrs(
+        self, job: TrialJob, *, size_bytes: int, accuracy: float, drop: float, ratio: float
+    ) -> tuple[dict[str, Any], list[float]]:
+        """A complete trial's Optuna user attributes and constraint values."""
         constraint = [drop - self.config.constraints.max_accuracy_drop]
-        set_constraints(self.study, job.trial_id, constraint)
         attrs: dict[str, Any] = {
             CONSTRAINT_ATTR: constraint,
             "accuracy": accuracy,
@@ -177,21 +225,38 @@ class TrialLedger:
         }
         if job.size is not None:  # what the trial reported before retraining
             attrs[SIZE_BOUNDS_ATTR] = [job.size.low, job.size.high]
-        set_user_attrs(self.study, job.trial_id, attrs)
-        self.study.tell(job.number, objective_values(self.config, size_bytes, accuracy), skip_if_finished=True)
+        return attrs, constraint
+
+    def _write_attrs(self, job: TrialJob, attrs: dict[str, Any], constraint: list[float]) -> None:
+        """Write a trial's Optuna attributes in a transaction of their own (fenced on the lease)."""
+        with self.store.session() as s:
+            self.store.check_fence(s)
+            write_trial_attrs(s, job.trial_id, attrs, constraint)
 
     def complete(self, job: TrialJob, node: dict[str, Any], out: TrialOutcome) -> None:
-        """Record a finished trial with its artifact, then tell Optuna its objectives."""
+        """Record a finished trial with its artifact and its Optuna attributes in one
+        transaction, then tell Optuna its objectives (the seconds both took are logged)."""
+        t0 = time.perf_counter()
+        attrs, constraint = self._complete_attrs(
+            job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio
+        )
         self._db(f"recording trial {job.number}", lambda: self._record(
             job, "COMPLETE", node,
             blob=out.blob, accuracy=out.accuracy, accuracy_drop=out.accuracy_drop, ratio=out.ratio,
             layers=out.layers, wall_seconds=out.seconds, transport_bytes=out.transport_bytes,
             device=out.device, details=out.details or None,
+            also=lambda s: (write_trial_attrs(s, job.trial_id, attrs, constraint),
+                            register_artifact(s, job.trial_id, out.blob, filename=f"trial-{job.number}.crest")),
         ))
-        self._db(f"telling Optuna trial {job.number}", lambda: self._tell_complete(
-            job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio
-        ))
+        values = objective_values(self.config, out.size_bytes, out.accuracy, out.details)
+        self._db(f"telling Optuna trial {job.number}",
+                 lambda: finish_trial(self.study, job.trial_id, TrialState.COMPLETE, values))
+        self.view.finished(job.trial_id, TrialState.COMPLETE, values, constraint)
+        self._moved(TrialState.RUNNING, TrialState.COMPLETE)
+        if constraint[0] <= 0 and (self.best is None or out.size_bytes < self.best.size_bytes):
+            self.best = Best(out.size_bytes, out.ratio, out.accuracy)
         logger.info("trial %d complete: %.1fx, accuracy %.4f", job.number, out.ratio, out.accuracy)
+        logger.debug("trial %d recorded in %.4f s", job.number, time.perf_counter() - t0)
 
     def report(self, job: TrialJob, step: int, score: float) -> None:
         """Write a running trial's score after epoch ``step`` to Optuna (its intermediate value)."""
@@ -203,31 +268,34 @@ class TrialLedger:
         Optuna (after its scores: :meth:`report` them first)."""
         low = job.size.low if job.size is not None else None
         ratio = self._ratio(low)
+        attrs, constraint = self._pruned_attrs(job, size_bytes=low, ratio=ratio, reason=stop.reason, curve=job.curve)
         self._db(f"recording trial {job.number}", lambda: self._record(
             job, "PRUNED", node, size_bytes=low, ratio=ratio, wall_seconds=job.busy, reason=stop.reason,
+            also=lambda s: write_trial_attrs(s, job.trial_id, attrs, constraint),
         ))
         self._db(f"telling Optuna trial {job.number}",
-                 lambda: self._tell_pruned(job, size_bytes=low, ratio=ratio, reason=stop.reason, curve=job.curve))
+                 lambda: finish_trial(self.study, job.trial_id, TrialState.PRUNED))
+        self.view.finished(job.trial_id, TrialState.PRUNED, constraint=constraint, curve=job.curve)
+        self._moved(TrialState.RUNNING, TrialState.PRUNED)
         logger.info("trial %d pruned: %s", job.number, stop.reason)
 
     def _ratio(self, size: int | None) -> float | None:
         dense = self.info.dense_bytes
         return dense / size if dense and size else None
 
-    def _tell_pruned(
+    def _pruned_attrs(
         self, job: TrialJob, *, size_bytes: int | None, ratio: float | None, reason: str | None,
         curve: dict[int, float],
-    ) -> None:
+    ) -> tuple[dict[str, Any], list[float]]:
+        """A stopped trial's Optuna user attributes and constraint values."""
         constraint = [pruned_constraint(curve, baseline_accuracy=float(self.info.baseline_accuracy or 0.0),
                                         max_drop=self.config.constraints.max_accuracy_drop)]
-        set_constraints(self.study, job.trial_id, constraint)
         attrs: dict[str, Any] = {
             CONSTRAINT_ATTR: constraint, "size_bytes": size_bytes, "ratio": ratio, PRUNED_REASON_ATTR: reason,
         }
         if job.size is not None:
             attrs[SIZE_BOUNDS_ATTR] = [job.size.low, job.size.high]
-        set_user_attrs(self.study, job.trial_id, attrs)
-        self.study.tell(job.number, state=TrialState.PRUNED, skip_if_finished=True)
+        return attrs, constraint
 
     def fail(
         self, job: TrialJob, node: dict[str, Any], error: str, *, retry: bool, count_attempt: bool = True
@@ -239,17 +307,21 @@ class TrialLedger:
         self._db(f"recording trial {job.number}", lambda: self._record(job, "FAIL", node, wall_seconds=seconds, error=error))
         self._db(f"telling Optuna trial {job.number}",
                  lambda: self.study.tell(job.number, state=TrialState.FAIL, skip_if_finished=True))
+        self.view.finished(job.trial_id, TrialState.FAIL)
+        self._moved(TrialState.RUNNING, TrialState.FAIL)
         # an interrupted trial is no failure of its own: it runs again on resume
         logger.log(logging.WARNING if count_attempt else logging.INFO,
                    "trial %d failed (attempt %d): %s", job.number, job.attempt, error)
         if retry and self.retry_room() > 0:
             self._db(f"queueing trial {job.number} again",
                      lambda: self._enqueue_retry(job, job.attempt + (1 if count_attempt else 0)))
+            self._moved(None, TrialState.WAITING)
 
     def recover(self) -> None:
         """Settle trials left RUNNING by a driver that died, or by a write that failed after
         its commit (the caller holds the lease and has no trial in flight)."""
         self._db("settling trials left running", self._recover)
+        self.refresh()
 
     def _recover(self) -> None:
         retries: list[TrialJob] = []
@@ -268,18 +340,29 @@ class TrialLedger:
                 retries.append(job)
         # queue retries once every orphan is settled: an orphan not yet settled would
         # count as running and could crowd out another's retry
+        self.tally = self.counts()  # what retry_room reads, now that every orphan is settled
         for job in retries[: max(0, self.retry_room())]:
             self._enqueue_retry(job, job.attempt + 1)
 
     def _tell_recorded(self, job: TrialJob, record: TrialRecord, curve: dict[int, float]) -> None:
-        """Tell Optuna how a trial ended from crest's row (its scores are in Optuna already)."""
+        """Tell Optuna how a trial ended from crest's row (its scores are in Optuna already).
+
+        Its attributes are written again first: a row recorded before they shared its
+        transaction (an older crest) has none."""
         if record.state == "PRUNED":
-            self._tell_pruned(job, size_bytes=record.size_bytes, ratio=record.ratio, reason=record.reason, curve=curve)
+            attrs, constraint = self._pruned_attrs(
+                job, size_bytes=record.size_bytes, ratio=record.ratio, reason=record.reason, curve=curve
+            )
+            self._write_attrs(job, attrs, constraint)
+            self.study.tell(job.number, state=TrialState.PRUNED, skip_if_finished=True)
             return
-        self._tell_complete(
-            job, size_bytes=int(record.size_bytes or 0), accuracy=float(record.accuracy or 0.0),
-            drop=float(record.accuracy_drop or 0.0), ratio=float(record.ratio or 0.0),
+        size, accuracy = int(record.size_bytes or 0), float(record.accuracy or 0.0)
+        attrs, constraint = self._complete_attrs(
+            job, size_bytes=size, accuracy=accuracy, drop=float(record.accuracy_drop or 0.0),
+            ratio=float(record.ratio or 0.0),
         )
+        self._write_attrs(job, attrs, constraint)
+        self.study.tell(job.number, objective_values(self.config, size, accuracy), skip_if_finished=True)
 
     def _enqueue_retry(self, job: TrialJob, attempt: int) -> None:
         retry_of = job.retry_of if job.retry_of is not None else job.number
@@ -296,11 +379,11 @@ class TrialLedger:
         negative). Queued trials beyond that would stay WAITING after the study finishes,
         e.g. after ``--n-trials`` was lowered or more trials were interrupted than remained
         to run."""
-        counts = self.counts()
+        counts = self.tally
         return self.info.n_trials - finished(counts) - counts[TrialState.WAITING] - counts[TrialState.RUNNING]
 
     def counts(self) -> dict[TrialState, int]:
-        """Optuna's trials per state."""
+        """Optuna's trials per state, read from the database (:attr:`tally` is kept up to date)."""
         counts = dict.fromkeys(TrialState, 0)
         for t in self._db("reading the trials", lambda: self.study.get_trials(deepcopy=False)):
             counts[t.state] += 1

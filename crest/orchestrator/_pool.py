@@ -17,9 +17,9 @@ from crest.orchestrator._events import NodeChecked, PoolEvent, WorkerFailedToSta
 from crest.orchestrator._nodecheck import check_node
 from crest.orchestrator._worker import TrialWorker
 from crest.storage import Store, retry_transient
-from crest.tasks import TrialPlan
+from crest.tasks import LatencyOptions, TrialPlan
 
-__all__ = ["WorkerPool", "plan_placement", "short_error"]
+__all__ = ["WorkerPool", "plan_placement", "short_error", "worker_slots"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,25 @@ def plan_placement(
         out.append(room[0])
         free[room[0]] -= 1
     return out
+
+
+def worker_slots(resources: dict[str, float], cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """Workers a node holds: its CPUs over ``cpus_per_worker`` and, when workers take GPUs,
+    its GPUs over ``gpus_per_worker`` (a fraction: 0.25 puts four workers on each GPU), so
+    placement never gives a node's workers more GPUs than it has.
+
+    Args:
+        resources: the node's Ray resources (``CPU``, ``GPU`` counts).
+        cpus_per_worker, gpus_per_worker: what each worker reserves.
+    """
+    # Ray keeps resources in units of 1e-4: count in those, so 1 / 0.1 is 10, not 9.999..
+    def units(x: float) -> int:
+        return round(float(x) * 10_000)
+
+    slots = units(resources.get("CPU", 0)) // max(1, units(cpus_per_worker))
+    if gpus_per_worker > 0:
+        slots = min(slots, units(resources.get("GPU", 0)) // max(1, units(gpus_per_worker)))
+    return int(slots)
 
 
 def short_error(e: BaseException) -> str:
@@ -104,10 +123,7 @@ class WorkerPool:
 
     def _capacity(self, resources: dict[str, float]) -> int:
         ray_opts = self._config.ray
-        slots = int(resources.get("CPU", 0) // ray_opts.cpus_per_worker)
-        if ray_opts.gpus_per_worker > 0:
-            slots = min(slots, int(resources.get("GPU", 0) // ray_opts.gpus_per_worker))
-        return slots
+        return worker_slots(resources, ray_opts.cpus_per_worker, ray_opts.gpus_per_worker)
 
     def scan_due(self, every: float) -> bool:
         """True when the last scan for new nodes is more than ``every`` seconds old."""
@@ -192,7 +208,10 @@ class WorkerPool:
             max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )
-        actor = cls.remote(self._config.workload, self._plan, self._search_path, max(1, int(ray_opts.cpus_per_worker)))
+        latency = self._config.latency
+        actor = cls.remote(self._config.workload, self._plan, self._search_path, max(1, int(ray_opts.cpus_per_worker)),
+                           self._config.device,
+                           LatencyOptions(latency.enabled, latency.warmup, latency.repeats) if latency.enabled else None)
         self._node_of[actor] = node_id
         self._started.append(actor)
         return actor
@@ -231,7 +250,8 @@ class WorkerPool:
         return self._idle.pop() if self._idle else None
 
     def release(self, actor: Any) -> None:
-        """A busy worker finished its work and is idle again."""
+        """A busy worker finished its work and is idle again (a loop that keeps several
+        calls in flight per worker releases it once per free slot)."""
         self._idle.append(actor)
 
     def lose(self, actor: Any) -> None:
@@ -239,8 +259,7 @@ class WorkerPool:
         logger.warning("worker on node %s died", self._node_of.get(actor, "?")[:8])
         self._node_of.pop(actor, None)
         self._where.pop(actor, None)
-        if actor in self._idle:
-            self._idle.remove(actor)
+        self._idle = [a for a in self._idle if a != actor]  # every free slot it had
 
     def where(self, actor: Any) -> dict[str, Any]:
         """What a started worker reported: node id, host, pid ({} when unknown)."""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
 from crest.config import SweepConfig
 from crest.tasks import TrialPlan
+from crest.tasks._latency import LATENCY_OBJECTIVE
 
-__all__ = ["make_sampler", "sampler_for", "suggest", "directions", "CONSTRAINT_ATTR"]
+__all__ = ["CONSTRAINT_ATTR", "directions", "latency_ms", "make_sampler", "objective_values", "sampler_for", "suggest"]
+
+logger = logging.getLogger(__name__)
 
 CONSTRAINT_ATTR = "crest_constraint"
 
@@ -48,13 +54,35 @@ def sampler_for(kind: str, *, seed: int, n_trials: int) -> optuna.samplers.BaseS
 
 
 def directions(config: SweepConfig) -> list[str]:
-    """Optuna directions of the objectives (size is minimised, accuracy maximised)."""
-    return ["minimize" if o == "size" else "maximize" for o in config.objectives]
+    """Optuna directions of the objectives (size and latency are minimised, accuracy maximised)."""
+    return ["maximize" if o == "accuracy" else "minimize" for o in config.objectives]
 
 
-def objective_values(config: SweepConfig, size_bytes: int, accuracy: float) -> list[float]:
-    """The values told to Optuna, in the order of ``config.objectives``."""
-    return [float(size_bytes) if o == "size" else float(accuracy) for o in config.objectives]
+def latency_ms(details: Mapping[str, Any] | None) -> float | None:
+    """The latency objective of a trial's details: milliseconds of one forward pass at
+    batch 1 with the compressed modules, on the trial's device (None when not measured)."""
+    latency = (details or {}).get("latency")
+    value = latency.get(LATENCY_OBJECTIVE) if isinstance(latency, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def objective_values(
+    config: SweepConfig, size_bytes: int, accuracy: float, details: Mapping[str, Any] | None = None
+) -> list[float]:
+    """The values told to Optuna, in the order of ``config.objectives`` (``details``: the
+    trial's, read for ``latency``; a trial whose latency could not be measured gets +inf,
+    the worst value, and a warning)."""
+    values = []
+    for o in config.objectives:
+        if o == "latency":
+            ms = latency_ms(details)
+            if ms is None:
+                logger.warning("a trial has no latency measured (%s); Optuna gets +inf",
+                               str((details or {}).get("latency"))[:200])
+            values.append(math.inf if ms is None else ms)
+        else:
+            values.append(float(size_bytes) if o == "size" else float(accuracy))
+    return values
 
 
 def suggest(trial: optuna.trial.Trial, plan: TrialPlan) -> dict[str, Any]:

@@ -6,6 +6,15 @@ for the next call. The loop asks the :class:`~crest.orchestrator._stopping.Stopp
 about each report and either sends the next step (before writing the score, so the worker
 never waits on the database) or stops the trial: it is recorded as PRUNED and its worker
 takes the next trial at once. Complete and pruned trials both count toward ``n_trials``.
+
+Without early stopping a trial is one call, and each worker is kept :data:`ASK_AHEAD`
+trials deep: the next trial is asked for and sent while the worker runs the current one
+(an actor runs its calls in order), so a worker starts its next trial the moment it
+finishes one, and the driver records the finished one meanwhile. A trial sent ahead that
+never started is RUNNING in Optuna with no row of crest's: after a kill -9 the next
+driver's :meth:`~crest.orchestrator._ledger.TrialLedger.recover` fails it and queues its
+parameters again, as it does an interrupted trial. Progress is kept from the events the
+loop handles (the ledger's tally), never re-read from the database while the sweep runs.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from optuna.trial import TrialState
 
@@ -25,6 +35,7 @@ from crest.orchestrator._events import (
     TrialSized,
     WorkerDied,
     WorkerFailedToStart,
+    WorkerStarted,
 )
 from crest.orchestrator._ledger import TrialJob, TrialLedger, finished
 from crest.orchestrator._loop import EventLoop, RunContext
@@ -37,6 +48,8 @@ from crest.tasks import training_schedule
 __all__ = ["SweepLoop"]
 
 logger = logging.getLogger(__name__)
+
+ASK_AHEAD = 2  # trials in flight per worker when a trial is one call: the running one, the next
 
 
 @dataclass
@@ -81,9 +94,12 @@ class SweepLoop(EventLoop):
         cfg = ledger.config
         self.n_trials = ledger.info.n_trials
         self.max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.n_trials)
-        counts = ledger.counts()
+        counts = ledger.tally
         self.state = SweepState(complete=counts[TrialState.COMPLETE], pruned=counts[TrialState.PRUNED])
         self.policy = self._policy()
+        # a trial run step by step waits for the driver between its steps: one per worker
+        self.depth = ASK_AHEAD if self.policy is None else 1
+        self.queues: dict[Any, list[TrialJob]] = {}  # worker -> its trials in flight, the running one first
         self._handlers.update({TrialSized: self.on_trial_sized, TrialScored: self.on_trial_scored})
 
     def _policy(self) -> StoppingPolicy | None:
@@ -139,6 +155,7 @@ class SweepLoop(EventLoop):
         return self.state.complete + self.state.pruned >= self.n_trials
 
     def dispatch(self) -> None:
+        """Give every worker trials until it has ``depth`` in flight (while trials are needed)."""
         while self.state.complete + self.state.pruned + len(self.jobs) < self.n_trials:
             actor = self.pool.take_idle()
             if actor is None:
@@ -151,8 +168,19 @@ class SweepLoop(EventLoop):
             else:
                 job.keys = training_schedule(self.plan, job.params)
                 self.submit(actor.start.remote(job.params, job.seed, meta, self.policy.wants_scores), job)
+            self.queues.setdefault(actor, []).append(job)
+            if not self.state.ran:
+                logger.info("start-up: the first trial was sent %.2f s after Ray started", time.monotonic() - self.t0)
             self.state.ran += 1
             self.state.changed = True
+
+    def _settled(self, job: TrialJob) -> bool:
+        """Take ``job`` off its worker's queue; True when it had started (it was first)."""
+        queue = self.queues.get(job.actor, [])
+        first = bool(queue) and queue[0] is job
+        if job in queue:
+            queue.remove(job)
+        return first
 
     def check_workers(self) -> None:
         if self.pool.live_count() or self.pool.checking():
@@ -174,9 +202,9 @@ class SweepLoop(EventLoop):
         self.on_progress(s.last)
 
     def snapshot(self, *, message: str = "") -> Progress:
-        """Where the study stands, read from Optuna's trials."""
+        """Where the study stands, from the ledger's tally (no database read)."""
         info = self.ledger.info
-        counts = self.ledger.counts()
+        counts = self.ledger.tally
         done = finished(counts)
         elapsed = time.monotonic() - self.t0
         now = self.state.completed_now
@@ -193,11 +221,9 @@ class SweepLoop(EventLoop):
             eta=elapsed / now * max(0, self.n_trials - done) if now else None,
             message=message,
         )
-        best = self.ledger.best_feasible()
+        best = self.ledger.best
         if best is not None:
-            p.best_size = int(best.user_attrs.get("size_bytes", 0))
-            p.best_ratio = best.user_attrs.get("ratio")
-            p.best_accuracy = best.user_attrs.get("accuracy")
+            p.best_size, p.best_ratio, p.best_accuracy = best.size_bytes, best.ratio, best.accuracy
         return p
 
     # handlers -----------------------------------------------------------------------------
@@ -219,9 +245,15 @@ class SweepLoop(EventLoop):
                 f"{self.state.failed} trials failed in this run (max_failures={self.max_failures}); last: {error}"
             )
 
+    def on_worker_started(self, event: WorkerStarted) -> None:
+        """A new worker takes ``depth`` trials: the pool holds it idle once, this adds the rest."""
+        for _ in range(self.depth - 1):
+            self.pool.release(event.actor)
+
     def on_job_done(self, event: JobDone) -> None:
         job: TrialJob = event.job
         out = event.value
+        self._settled(job)
         self.ledger.complete(job, self.pool.where(job.actor), out)
         self.state.complete += 1
         self.state.completed_now += 1
@@ -257,6 +289,7 @@ class SweepLoop(EventLoop):
     def _stop(self, job: TrialJob, stop: Stop) -> None:
         """Stop a trial: its worker drops it and is free at once; it is recorded as PRUNED."""
         job.actor.drop.remote()  # runs before the worker's next trial (an actor's calls run in order)
+        self._settled(job)
         self.pool.release(job.actor)
         self.ledger.prune(job, self.pool.where(job.actor), stop)
         self.state.pruned += 1
@@ -264,9 +297,18 @@ class SweepLoop(EventLoop):
         self.state.changed = True
 
     def on_worker_died(self, event: WorkerDied) -> None:
+        """The worker died: its running trial failed (an attempt); a trial queued behind it
+        never started, so it is queued again with its attempt unchanged and counts no failure."""
         job: TrialJob = event.job
+        started = self._settled(job)
+        where = self.pool.where(job.actor)
+        if not started:
+            self.ledger.fail(job, where, "interrupted: its worker died before it started", retry=True,
+                             count_attempt=False)
+            return
+        self.queues.pop(job.actor, None)  # what was queued behind it never started (its events follow)
         error = f"trial {job.number}: the worker died ({short_error(event.error)})"
-        self.ledger.fail(job, self.pool.where(job.actor), error, retry=job.attempt <= self.ledger.config.max_retries)
+        self.ledger.fail(job, where, error, retry=job.attempt <= self.ledger.config.max_retries)
         self.pool.lose(job.actor)
         self.pool.fill()
         self._count_trial_failure(error)
@@ -274,6 +316,7 @@ class SweepLoop(EventLoop):
     def on_job_failed(self, event: JobFailed) -> None:
         job: TrialJob = event.job
         error = f"trial {job.number} failed: {short_error(event.error)}"
+        self._settled(job)
         self.ledger.fail(job, self.pool.where(job.actor), error, retry=False)
         self.pool.release(job.actor)
         self._count_trial_failure(error)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from crest.tasks import (
+    LatencyOptions,
     ScoreReport,
     SizeReport,
     TrialOutcome,
@@ -18,8 +19,10 @@ from crest.tasks import (
     TrialRunner,
     get_workload,
     layer_sensitivity,
+    resolve_device,
     train_baseline,
 )
+from crest.tasks._device import device_name
 
 __all__ = ["TrialWorker"]
 
@@ -40,12 +43,24 @@ class TrialWorker:
         plan: the resolved stages and parameters.
         search_path: directories put in front of ``sys.path`` (for user workloads).
         threads: torch intra-op threads (match the CPUs the worker was given).
+        device: ``auto`` (the GPU Ray assigned this worker, else the CPU), ``cpu`` or ``cuda``.
+        latency: how each trial times its model (None: not timed).
     """
 
-    def __init__(self, workload: str, plan: TrialPlan, search_path: list[str], threads: int) -> None:
+    def __init__(
+        self,
+        workload: str,
+        plan: TrialPlan,
+        search_path: list[str],
+        threads: int,
+        device: str = "auto",
+        latency: LatencyOptions | None = None,
+    ) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
+        self.device = resolve_device(device)  # in the actor: Ray has set CUDA_VISIBLE_DEVICES
+        self.latency = latency
         self.workload = get_workload(workload, search_path=search_path)
         self.plan = plan
         self.runner: TrialRunner | None = None
@@ -53,7 +68,7 @@ class TrialWorker:
         self._busy = 0.0  # seconds this worker has spent on the trial in progress
 
     def node(self) -> dict[str, Any]:
-        """Where this worker runs: Ray node id, host, pid, GPU name (or None)."""
+        """Where this worker runs: Ray node id, host, pid, device (``cpu``, ``cuda:0``) and GPU name (or None)."""
         node_id = None
         try:
             import ray
@@ -62,28 +77,39 @@ class TrialWorker:
                 node_id = ray.get_runtime_context().get_node_id()
         except ImportError:  # a worker used without Ray (in-process tests, the GPU script)
             logger.debug("Ray is not installed: no node id")
-        return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid()}
+        gpu_name = None
+        if self.device.type == "cuda":
+            import torch
+
+            gpu_name = torch.cuda.get_device_name(self.device)
+        return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "device": device_name(self.device), "gpu": gpu_name}
 
     def train_baseline(self, seed: int) -> tuple[bytes, float]:
         """Train and encode the dense baseline; returns (artifact bytes, score)."""
-        return train_baseline(self.workload, seed=seed)
+        return train_baseline(self.workload, seed=seed, device=self.device)
 
     def load_baseline(self, blob: bytes, accuracy: float) -> dict[str, Any]:
         """Decode the baseline once; returns :meth:`node`."""
-        self.runner = TrialRunner(self.workload, self.plan, blob, accuracy)
+        self.runner = TrialRunner(self.workload, self.plan, blob, accuracy, device=self.device, latency=self.latency)
         return self.node()
 
     def sensitivity(self, layer: str, sparsities: list[float]) -> list[float]:
         """Scores with only ``layer`` pruned to each sparsity (see :func:`crest.tasks.layer_sensitivity`)."""
         if self.runner is None:
             raise RuntimeError("load_baseline must be called before sensitivity")
-        return layer_sensitivity(self.workload, self.runner.baseline, layer, sparsities)
+        return layer_sensitivity(self.workload, self.runner.baseline, layer, sparsities, device=self.device)
 
     def run(self, params: dict[str, Any], seed: int, metadata: dict[str, Any]) -> TrialOutcome:
         """Run one trial (see :meth:`crest.tasks.TrialRunner.run`)."""
         if self.runner is None:
             raise RuntimeError("load_baseline must be called before run")
-        return self.runner.run(params, seed=seed, metadata=metadata)
+        return self._mark(self.runner.run(params, seed=seed, metadata=metadata))
+
+    def _mark(self, outcome: TrialOutcome) -> TrialOutcome:
+        """Name this worker (host:pid) in the outcome's details, for ``crest status``."""
+        outcome.details["worker"] = f"{socket.gethostname()[:64]}:{os.getpid()}"
+        return outcome
 
     def start(
         self, params: dict[str, Any], seed: int, metadata: dict[str, Any], scores: bool
@@ -112,7 +138,7 @@ class TrialWorker:
             self._trial = None
             outcome: TrialOutcome = done.value
             outcome.seconds = self._busy + time.perf_counter() - t0
-            return outcome
+            return self._mark(outcome)
         except BaseException:
             self._trial = None
             raise

@@ -7,7 +7,9 @@ upgrade-storage``) upgrade an older one; readers refuse it rather than alter it.
 
 from __future__ import annotations
 
+from crest.storage._artifacts import ArtifactStore, ArtifactUnavailable
 from crest.storage._engine import HEAD_REVISION, parse_url, shown_url
+from crest.storage._gc import GcReport, collect_garbage
 from crest.storage._queries import (
     BestSelection,
     max_drop_of,
@@ -22,6 +24,10 @@ from crest.storage._retry import is_transient, retry_transient
 from crest.storage._store import Store, StudyInfo, TrialRecord
 
 __all__ = [
+    "ArtifactStore",
+    "ArtifactUnavailable",
+    "GcReport",
+    "collect_garbage",
     "BestSelection",
     "HEAD_REVISION",
     "Store",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator
@@ -16,8 +17,9 @@ from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from crest.config import SweepConfig, parse_sweep
+from crest.config import DEFAULT_ARTIFACT_INLINE_MAX, SweepConfig, parse_sweep
 from crest.exceptions import FormatError, LeaseError, StorageError
+from crest.storage._artifacts import ArtifactStore, ArtifactUnavailable, store_of_location
 from crest.storage._lease import db_now, lease_age, owner_is_dead_here
 from crest.storage._engine import (
     HEAD_REVISION,
@@ -139,6 +141,7 @@ def _study_info(row: StudyRow) -> StudyInfo:
     )
 
 
+INLINE_CAP = 64 * 1024 * 1024  # bytes: the largest artifact kept inside a database without a store
 MAX_DETAILS_BYTES = 64 * 1024  # a trial's measurements: timings, latency, warnings
 
 
@@ -237,6 +240,7 @@ class Store:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._optuna: optuna.storages.RDBStorage | None = None
         self._fence: tuple[int, str] | None = None  # (study id, lease owner) every write checks
+        self._targets: dict[int, tuple[ArtifactStore | None, int]] = {}  # study id -> artifact store, inline max
         self.now: Callable[[Session], datetime] = db_now  # the lease clock (tests inject one)
 
     def close(self) -> None:
@@ -336,12 +340,13 @@ class Store:
                 .where(StudyRow.id == study_id)
                 .values(n_trials=config.n_trials, config_json=config.to_json())
             )
+        self._targets.pop(study_id, None)
 
     def set_baseline(self, study_id: int, blob: bytes, *, accuracy: float, dense_bytes: int) -> str:
         """Store the baseline artifact and point the study at it; returns its SHA-256."""
         with self.session() as s:
             self.check_fence(s)
-            sha = self._put_artifact(s, blob)
+            sha = self._put_artifact(s, blob, study_id=study_id)
             s.execute(
                 update(StudyRow)
                 .where(StudyRow.id == study_id)
@@ -439,38 +444,113 @@ class Store:
 
     # artifacts ------------------------------------------------------------------------
 
-    @staticmethod
-    def _put_artifact(s: Session, blob: bytes) -> str:
-        sha = hashlib.sha256(blob).hexdigest()
-        if s.get(ArtifactRow, sha) is None:
-            from crest.format import read_header
+    def artifact_store(self, study_id: int) -> ArtifactStore | None:
+        """Where the study's large artifacts go: its sweep's ``artifacts:`` URL, else the
+        directory ``<database file>.artifacts`` beside a SQLite file; None (everything
+        inline, up to :data:`INLINE_CAP`) for PostgreSQL or an in-memory SQLite database."""
+        return self._artifact_target(study_id)[0]
 
-            try:
-                version = read_header(blob).version
-            except FormatError as e:
-                raise StorageError(f"refusing to store a malformed artifact: {e}") from e
-            s.add(
-                ArtifactRow(
-                    sha256=sha, size_bytes=len(blob), format_version=version, blob=blob, created_at=_utcnow()
-                )
+    def _artifact_target(self, study_id: int, s: Session | None = None) -> tuple[ArtifactStore | None, int]:
+        """(store or None, inline maximum in bytes) of a study, read once from its stored
+        sweep (in session ``s`` when given, else in a session of its own)."""
+        if study_id not in self._targets:
+            if s is None:
+                with self.session() as own:
+                    return self._artifact_target(study_id, own)
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                raise StorageError(f"study id {study_id} vanished")
+            config = json.loads(row.config_json)
+            if not isinstance(config, dict):
+                raise StorageError(f"study '{row.name}' has an invalid stored sweep")
+            url, inline_max = config.get("artifacts"), config.get("artifact_inline_max", DEFAULT_ARTIFACT_INLINE_MAX)
+            if not isinstance(inline_max, int) or isinstance(inline_max, bool) or inline_max < 0:
+                raise StorageError(f"study '{row.name}' has an invalid artifact_inline_max")
+            if url is None:
+                database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+                if database and database != ":memory:" and not database.startswith("file:"):
+                    url = os.path.abspath(database) + ".artifacts"
+            self._targets[study_id] = (ArtifactStore(str(url)) if url is not None else None, inline_max)
+        return self._targets[study_id]
+
+    def _put_artifact(self, s: Session, blob: bytes, *, study_id: int) -> str:
+        """Add an artifact's row in ``s``; bytes over the study's inline maximum are written to
+        its artifact store first (idempotent), so they exist before the row commits."""
+        sha = hashlib.sha256(blob).hexdigest()
+        row = s.get(ArtifactRow, sha)
+        if row is not None and (row.blob is not None or row.location is not None):
+            return sha
+        from crest.format import read_header
+
+        try:
+            version = read_header(blob).version
+        except FormatError as e:
+            raise StorageError(f"refusing to store a malformed artifact: {e}") from e
+        target, inline_max = self._artifact_target(study_id, s)
+        location = None
+        if target is not None and len(blob) > inline_max:
+            location = target.put(sha, blob)
+        elif len(blob) > INLINE_CAP:
+            raise StorageError(
+                f"an artifact of {len(blob):,} bytes is over the {INLINE_CAP:,}-byte limit for artifacts inside "
+                f"{self.shown_url}; set an artifact store in the sweep file, e.g. 'artifacts: s3://BUCKET/PREFIX' "
+                "or 'artifacts: /shared/crest-artifacts'"
             )
-            s.flush()
+        if row is None:  # a row gc emptied gets its bytes back
+            row = ArtifactRow(sha256=sha, size_bytes=len(blob), format_version=version, created_at=_utcnow())
+            s.add(row)
+        row.blob, row.location = (None, location) if location is not None else (blob, None)
+        s.flush()
         return sha
 
     def get_artifact(self, sha256: str) -> bytes:
-        """The artifact's bytes, verified against its SHA-256.
+        """The artifact's bytes, from the database or the store its row names, verified
+        against its SHA-256 (and, from a store, its length before reading).
 
         Raises:
-            StorageError: unknown id or bytes that do not match it.
+            StorageError: unknown id, or bytes missing or corrupt; the message names the
+                trials (or the baseline) the artifact belongs to.
         """
         with self.session() as s:
             row = s.get(ArtifactRow, sha256)
             if row is None:
-                raise StorageError(f"no artifact {sha256}")
-            blob = bytes(row.blob)
-        if hashlib.sha256(blob).hexdigest() != sha256:
-            raise StorageError(f"artifact {sha256} is corrupt in the database (SHA-256 mismatch)")
-        return blob
+                raise StorageError(f"no artifact {sha256[:64]}")
+            blob = None if row.blob is None else bytes(row.blob)
+            location, size = row.location, row.size_bytes
+        try:
+            if blob is not None:
+                if hashlib.sha256(blob).hexdigest() != sha256:
+                    raise ArtifactUnavailable(f"artifact {sha256} is corrupt in the database (SHA-256 mismatch)")
+                return blob
+            if location is None:
+                raise ArtifactUnavailable(f"artifact {sha256} was deleted by crest gc")
+            return store_of_location(location, sha256).get(sha256, size=size)
+        except ArtifactUnavailable as e:
+            raise ArtifactUnavailable(f"{self.artifact_owners(sha256)}: {e}") from e
+
+    def artifact_kept(self, sha256: str) -> bool:
+        """Whether an artifact's bytes are meant to exist (False once ``crest gc`` removed them)."""
+        with self.session() as s:
+            found = s.scalars(select(ArtifactRow.sha256).where(
+                ArtifactRow.sha256 == sha256, (ArtifactRow.blob.is_not(None)) | (ArtifactRow.location.is_not(None))
+            )).first()
+        return found is not None
+
+    def artifact_owners(self, sha256: str) -> str:
+        """Who uses an artifact, for messages: ``trial 3 of study 'x'``, ``the baseline of study 'x'``."""
+        with self.session() as s:
+            trials = s.execute(
+                select(TrialRow.number, StudyRow.name)
+                .join(StudyRow, StudyRow.id == TrialRow.study_id)
+                .where(TrialRow.artifact_sha256 == sha256)
+                .order_by(TrialRow.id)
+                .limit(4)
+            ).all()
+            baselines = s.scalars(select(StudyRow.name).where(StudyRow.baseline_sha256 == sha256).limit(4)).all()
+        names = [f"the baseline of study '{n}'" for n in baselines] + [f"trial {t} of study '{n}'" for t, n in trials]
+        if not names:
+            return "an artifact no trial uses"
+        return ", ".join(names[:3]) + (" and more" if len(names) > 3 else "")
 
     # trials ---------------------------------------------------------------------------
 
@@ -497,6 +577,7 @@ class Store:
         reason: str | None = None,
         device: str | None = None,
         details: dict[str, Any] | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> TrialRecord:
         """Record a finished trial and its artifact in one transaction (fenced on the lease).
 
@@ -504,6 +585,7 @@ class Store:
         its artifact could have been, ``reason`` why it was stopped. With a ``blob``, the
         size is the blob's. ``device`` is where the trial ran (``cpu``, ``cuda:0``);
         ``details`` a JSON object of its measurements, at most :data:`MAX_DETAILS_BYTES`.
+        ``also`` writes more rows in the same transaction (the driver's Optuna attributes).
 
         Idempotent: recording the same trial again with the same state and artifact (a retry
         after the connection dropped during the commit) returns its row and writes nothing;
@@ -515,7 +597,7 @@ class Store:
             sha = hashlib.sha256(blob).hexdigest() if blob is not None else None
             if done is not None and (done.number, done.state, done.artifact_sha256) == (number, state, sha):
                 return _trial_record(done)
-            sha = self._put_artifact(s, blob) if blob is not None else None
+            sha = self._put_artifact(s, blob, study_id=study_id) if blob is not None else None
             row = TrialRow(
                 study_id=study_id,
                 optuna_trial_id=optuna_trial_id,
@@ -540,6 +622,8 @@ class Store:
                 details_json=_details_json(details),
             )
             s.add(row)
+            if also is not None:
+                also(s)
             s.flush()
             return _trial_record(row)
 

@@ -1,13 +1,20 @@
 """What one trial does: workloads, low rank, pruning, retraining, weight sharing, the pipeline.
 
-Needs torch; imported by workers and by the driver (to resolve layer names).
+Needs torch and NumPy only: running trials (the GPU script does, in-process) needs neither
+Ray, a database nor the sweep-file parser. The names that resolve a sweep file into a
+plan (``resolve_plan``, ``sensitivity_range``, ``embedding_tables``) load it on first use.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from crest.tasks._early_size import SizeBounds, TensorStructure, coincidence_allowance, size_bounds, structure_of
 from crest.tasks._encode_plan import TensorPlan, plan_counts, plan_encoding, plan_tensor
+from crest.tasks._device import resolve_device
 from crest.tasks._finetune import finetune_centroids
+from crest.tasks._fit import FitContext, default_fit, run_fit
+from crest.tasks._latency import LatencyOptions, measure_latency
 from crest.tasks._lowrank import (
     LowRankLinear,
     Tucker2Conv2d,
@@ -19,6 +26,7 @@ from crest.tasks._lowrank import (
 from crest.tasks._pipeline import (
     TrialOutcome,
     TrialRunner,
+    decoded_model,
     dense_fp32_bytes,
     encode_state,
     load_artifact,
@@ -27,7 +35,7 @@ from crest.tasks._pipeline import (
     state_to_numpy,
     train_baseline,
 )
-from crest.tasks._plan import ParamSpec, StagePlan, TrialPlan, resolve_plan, sensitivity_range
+from crest.tasks._plan_types import ParamSpec, StagePlan, TrialPlan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights, kmeans_1d, share_weights
 from crest.tasks._sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, prunable_layers
@@ -38,6 +46,13 @@ from crest.tasks._workload import Workload
 
 __all__ = [
     "DEFAULT_SPARSITIES",
+    "FitContext",
+    "LatencyOptions",
+    "decoded_model",
+    "default_fit",
+    "measure_latency",
+    "resolve_device",
+    "run_fit",
     "layer_sensitivity",
     "prunable_layers",
     "sensitivity_range",
@@ -51,6 +66,7 @@ __all__ = [
     "StagePlan",
     "ParamSpec",
     "resolve_plan",
+    "embedding_tables",
     "train",
     "evaluate",
     "train_baseline",
@@ -88,3 +104,14 @@ __all__ = [
     "factorize_layer",
     "apply_structure",
 ]
+
+_PLAN_NAMES = frozenset({"resolve_plan", "sensitivity_range", "embedding_tables"})
+
+
+def __getattr__(name: str) -> Any:
+    """Load the sweep-file side (pydantic, YAML) only when a plan is resolved."""
+    if name in _PLAN_NAMES:
+        from crest.tasks import _plan
+
+        return getattr(_plan, name)
+    raise AttributeError(f"module 'crest.tasks' has no attribute {name!r}")

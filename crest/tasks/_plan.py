@@ -6,9 +6,11 @@ every worker; the driver turns its :class:`ParamSpec` list into Optuna distribut
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
+
+import torch
 
 from crest.config import (
     EncodeStage,
@@ -21,72 +23,19 @@ from crest.config import (
     QuantizeStage,
     RetrainStage,
     Stage,
+    is_glob,
     match_layers,
 )
 from crest.exceptions import ConfigError
 from crest.format import DEFAULT_CHUNK_ENTRIES
 from crest.tasks._lowrank import factorised_param_names
+from crest.tasks._plan_types import ParamSpec, StagePlan, TrialPlan
 
-__all__ = ["ParamSpec", "StagePlan", "TrialPlan", "resolve_plan", "sensitivity_range"]
+__all__ = ["ParamSpec", "StagePlan", "TrialPlan", "embedding_tables", "resolve_plan", "sensitivity_range"]
 
+logger = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One named trial parameter: fixed, a range, or a set of choices."""
-
-    name: str
-    kind: str  # "float" or "int"
-    fixed: float | int | None = None
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[float | int, ...] | None = None
-
-    @property
-    def searched(self) -> bool:
-        """True when Optuna chooses the value."""
-        return self.fixed is None
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """One stage with its layers mapped to parameter names.
-
-    ``layers`` maps a parameter (layer) name to ``(rule, param_name)``: for prune the rule
-    is "quality" or "sparsity", for quantize it is "bits", for lowrank "rank" or "ratio"
-    (keyed by the original weight name, e.g. ``fc1.weight``). ``options`` maps option
-    names to a parameter name (searched or fixed; a str) or a plain value: retrain's
-    "epochs", "lr", "rounds", "dsd_epochs", "distill_weight", "distill_temperature"
-    (parameter names; "rounds" absent means 1) and "schedule", "dsd" (values);
-    quantize's "iterations" (value), "finetune_epochs" and "finetune_lr" (parameter
-    names; absent means no fine-tuning / the default lr). ``names`` are the model's
-    parameter names after this stage (they change at a lowrank stage).
-    """
-
-    type: str
-    label: str
-    layers: dict[str, tuple[str, str]] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """The resolved stages and every parameter a trial takes."""
-
-    stages: tuple[StagePlan, ...]
-    params: tuple[ParamSpec, ...]
-    index_bits: int | str = "auto"
-    chunk_entries: int = DEFAULT_CHUNK_ENTRIES
-
-    def fixed_params(self) -> dict[str, float | int]:
-        """Parameters whose value the sweep file fixes."""
-        return {p.name: p.fixed for p in self.params if p.fixed is not None}
-
-    def searched(self) -> list[ParamSpec]:
-        """Parameters Optuna chooses."""
-        return [p for p in self.params if p.searched]
+EMBEDDING_TYPES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
 def _spec(name: str, kind: str, value: Any) -> ParamSpec:
@@ -102,31 +51,92 @@ def _option(params: list[ParamSpec], name: str, kind: str, value: Any) -> str:
     return name
 
 
-def _map_layers(index: int, patterns: dict[str, Any], names: Sequence[str]) -> dict[str, tuple[str, Any]]:
+def embedding_tables(model: torch.nn.Module) -> list[str]:
+    """Parameter names of the model's embedding tables (nn.Embedding / nn.EmbeddingBag weights)."""
+    return [
+        f"{module_name}.{name}" if module_name else name
+        for module_name, module in model.named_modules()
+        if isinstance(module, EMBEDDING_TYPES)
+        for name, _ in module.named_parameters(recurse=False)
+    ]
+
+
+def _shown(names: Sequence[str], limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+_LEFT_OUT = ("1-D parameters or embedding tables", ", which globs leave out; name one exactly to include it")
+
+
+def _map_layers(
+    index: int,
+    patterns: dict[str, Any],
+    names: Sequence[str],
+    eligible: Collection[str] | None = None,
+    left_out: tuple[str, str] = _LEFT_OUT,
+) -> dict[str, tuple[str, Any]]:
+    """Each layer a stage's patterns match -> (its first matching pattern, that pattern's settings).
+
+    A glob matches only ``eligible`` names (None: every name); an exact name matches itself.
+    ``left_out`` is (what they are, a hint), for the error of a glob whose only matches are not eligible.
+    """
     mapped: dict[str, tuple[str, Any]] = {}
     for pattern, layer_cfg in patterns.items():
-        hits = match_layers(pattern, list(names))
+        hits = match_layers(pattern, list(names), eligible=eligible)
         if not hits:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            skipped = match_layers(pattern, list(names)) if is_glob(pattern) else []
+            if skipped:
+                raise ConfigError(
+                    f"stages[{index}].layers: glob '{pattern}' matches only {left_out[0]} "
+                    f"({_shown(skipped, 6)}){left_out[1]}"
+                )
             raise ConfigError(
                 f"stages[{index}].layers: pattern '{pattern}' matches no parameter "
-                f"(the model's parameters: {shown})"
+                f"(the model's parameters: {_shown(names)})"
             )
         for name in hits:
             mapped.setdefault(name, (pattern, layer_cfg))
     return mapped
 
 
+def _glob_eligible(
+    names: Sequence[str], ndims: Mapping[str, int] | None, embeddings: Collection[str]
+) -> set[str] | None:
+    """The names a glob may match: 2 or more dimensions and no embedding table (None: no shapes known)."""
+    if ndims is None:
+        return None
+    return {n for n in names if ndims.get(n, 2) >= 2 and n not in embeddings}
+
+
+def _factor_ndims(ndims: dict[str, int], before: Sequence[str], after: Sequence[str]) -> None:
+    """Add the dimensions of a lowrank stage's factor parameters (weights 2-D or 4-D, bias 1-D)."""
+    for name in after:
+        if name in ndims:
+            continue
+        layer = name.split(".")
+        original = ".".join(layer[:-2]) + ".weight"
+        ndims[name] = 1 if name.endswith(".bias") else ndims.get(original, 2)
+    for name in set(before) - set(after):
+        ndims.pop(name, None)
+
+
 def _lowrank_layers(
-    index: int, stage: LowRankStage, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None
+    index: int,
+    stage: LowRankStage,
+    names: Sequence[str],
+    shapes: Mapping[str, Sequence[int]] | None,
+    embeddings: Collection[str],
 ) -> dict[str, tuple[str, Any]]:
     if shapes is None:
         raise ConfigError(
             f"stages[{index}]: a lowrank stage needs the parameters' shapes "
             "(resolve_plan(..., shapes={name: shape}))"
         )
-    eligible = [n for n in names if n.endswith(".weight") and len(shapes.get(n, ())) in (2, 4)]
-    mapped = _map_layers(index, stage.layers, names)
+    eligible = [
+        n for n in names if n.endswith(".weight") and len(shapes.get(n, ())) in (2, 4) and n not in embeddings
+    ]
+    not_eligible = ("parameters that are not the weight of a Linear or Conv2d layer", "; low rank takes 2-D and 4-D weights")
+    mapped = _map_layers(index, stage.layers, names, eligible, not_eligible)
     bad = [n for n in mapped if n not in eligible]
     if bad:
         raise ConfigError(
@@ -181,27 +191,36 @@ def resolve_plan(
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     sensitivity: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    embeddings: Collection[str] = (),
 ) -> TrialPlan:
     """Resolve the stages' layer globs against a model's parameter names.
 
     When several patterns of one stage match a layer, the first pattern wins. A
     ``lowrank`` stage's globs match the baseline's weight names; every later stage's
-    globs match the names after factorisation (``fc1.first.weight``, ...).
+    globs match the names after factorisation (``fc1.first.weight``, ...). A glob
+    matches only parameters of 2 or more dimensions that are not embedding tables (when
+    ``shapes`` is given); a pattern without glob characters matches the parameter it
+    names, 1-D or embedding included.
 
     Args:
         stages: the sweep file's stages.
         param_names: the baseline model's parameter names, in model order.
-        shapes: name -> shape of every parameter; needed only with a lowrank stage
-            (to tell Linear from Conv2d factors).
+        shapes: name -> shape of every parameter; needed with a lowrank stage (to tell
+            Linear from Conv2d factors) and for globs to skip 1-D parameters.
         sensitivity: layer -> [(sparsity, prune-only accuracy drop)], for layers whose
             sparsity is ``sensitivity``; None resolves such layers to [0, 0.99] (used
             while the sensitivity itself is measured).
+        embeddings: the names of embedding tables (:func:`embedding_tables`), which
+            globs leave out.
 
     Raises:
-        ConfigError: a pattern matches no parameter (or a lowrank pattern matches one
-            that is not a Linear / Conv2d weight).
+        ConfigError: a pattern matches no parameter (the message names a glob that
+            matches only 1-D parameters or embedding tables), or a lowrank pattern
+            matches one that is not a Linear / Conv2d weight.
     """
     param_names = list(param_names)
+    embeddings = frozenset(embeddings)
+    ndims = None if shapes is None else {n: len(s) for n, s in shapes.items()}
     counts: dict[str, int] = {}
     plans: list[StagePlan] = []
     params: list[ParamSpec] = []
@@ -212,15 +231,19 @@ def resolve_plan(
         label = stage.type if counts[stage.type] == 1 else f"{stage.type}{counts[stage.type]}"
         layers: dict[str, tuple[str, str]] = {}
         if isinstance(stage, LowRankStage):
-            for name, (_, cfg) in _lowrank_layers(i, stage, param_names, shapes).items():
+            for name, (_, cfg) in _lowrank_layers(i, stage, param_names, shapes, embeddings).items():
                 rule = "rank" if cfg.rank is not None else "ratio"
                 pname = f"{label}/{name}/{rule}"
                 params.append(_spec(pname, "int" if rule == "rank" else "float", getattr(cfg, rule)))
                 layers[name] = (rule, pname)
+            before = param_names
             param_names = factorised_param_names(param_names, shapes or {}, list(layers))
+            if ndims is not None:
+                _factor_ndims(ndims, before, param_names)
             plans.append(StagePlan("lowrank", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, PruneStage):
-            for name, (pattern, cfg) in _map_layers(i, stage.layers, param_names).items():
+            eligible = _glob_eligible(param_names, ndims, embeddings)
+            for name, (pattern, cfg) in _map_layers(i, stage.layers, param_names, eligible).items():
                 rule = "quality" if cfg.quality is not None else "sparsity"
                 pname = f"{label}/{name}/{rule}"
                 if cfg.sparsity == "sensitivity":
@@ -230,7 +253,8 @@ def resolve_plan(
                 layers[name] = (rule, pname)
             plans.append(StagePlan("prune", label, layers=layers, names=tuple(param_names)))
         elif isinstance(stage, QuantizeStage):
-            for name, (_, cfg) in _map_layers(i, stage.layers, param_names).items():
+            eligible = _glob_eligible(param_names, ndims, embeddings)
+            for name, (_, cfg) in _map_layers(i, stage.layers, param_names, eligible).items():
                 pname = f"{label}/{name}/bits"
                 params.append(_spec(pname, "int", cfg.bits))
                 layers[name] = ("bits", pname)

@@ -24,7 +24,12 @@ def prunable_layers(model: torch.nn.Module) -> list[str]:
 
 @torch.no_grad()
 def layer_sensitivity(
-    workload: Workload, baseline: dict[str, np.ndarray], layer: str, sparsities: Sequence[float]
+    workload: Workload,
+    baseline: dict[str, np.ndarray],
+    layer: str,
+    sparsities: Sequence[float],
+    *,
+    device: torch.device | None = None,
 ) -> list[float]:
     """The workload's score with only ``layer`` pruned to each sparsity (magnitude, no retraining).
 
@@ -33,13 +38,14 @@ def layer_sensitivity(
         baseline: the dense baseline's tensors (decoded artifact).
         layer: a parameter name of the model.
         sparsities: fractions of zeros, each in [0, 1).
+        device: where the model is scored (None: the CPU).
 
     Returns:
         one score per sparsity, in the order given.
     """
     scores = []
     for sparsity in sparsities:
-        model = model_from_tensors(workload, baseline)
+        model = model_from_tensors(workload, baseline).to(device or torch.device("cpu"))
         weight = dict(model.named_parameters())[layer]
         weight.mul_(sparsity_mask(weight, float(sparsity)))
         scores.append(evaluate(model, workload))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crest.tasks._plan import StagePlan, TrialPlan
+from crest.tasks._plan_types import StagePlan, TrialPlan
 
 __all__ = [
     "ScoreReport",

@@ -2,36 +2,91 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from crest.tasks._workload import Workload
+from crest.exceptions import WorkloadError
+from crest.tasks._device import to_device
+from crest.tasks._workload import DataSource, Workload
 
-__all__ = ["batch_loss", "batches", "distill_loss", "evaluate", "fit_epoch_steps", "train", "train_epochs"]
+__all__ = ["RESIDENT_MAX_BYTES", "batch_loss", "batches", "data_source", "distill_loss", "evaluate", "fit_epoch_steps", "train", "train_epochs"]
 
 
 def batches(
-    dataset: Dataset,  # type: ignore[type-arg]
+    dataset: DataSource,
     batch_size: int,
     *,
     shuffle: bool,
     generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Minibatches of ``(inputs, labels)``; a fast path for in-memory TensorDatasets."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        x, y = dataset.tensors
+    """Minibatches of ``(inputs, labels)`` on ``device`` (None: where the data is).
+
+    ``dataset`` is a Dataset, a DataLoader, or a zero-argument factory returning one (a
+    workload's own loader keeps its batch size, order, ``num_workers`` and ``pin_memory``;
+    ``batch_size``, ``shuffle`` and ``generator`` then do not apply). An in-memory
+    TensorDataset takes a fast path: on a GPU it is copied there once (up to
+    :data:`RESIDENT_MAX_BYTES`) and indexed in place; other batches bound for a GPU go
+    through pinned memory.
+    """
+    source = data_source(dataset)
+    if isinstance(source, TensorDataset) and len(source.tensors) == 2:
+        x, y = _resident(source, device)
         n = len(x)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if x.device != order.device:
+            order = order.to(x.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
+            yield to_device(x[idx], device), to_device(y[idx], device)
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    for xb, yb in loader:
-        yield xb, yb
+    if isinstance(source, Dataset):
+        pin = device is not None and device.type == "cuda"
+        source = DataLoader(source, batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin)
+    for xb, yb in source:
+        yield to_device(xb, device), to_device(yb, device)
+
+
+def data_source(data: DataSource) -> Any:
+    """A workload's data as a Dataset or an iterable of batches: a zero-argument factory is
+    called (once per pass over the data).
+
+    Raises:
+        WorkloadError: the factory fails or returns something that is not iterable.
+    """
+    if isinstance(data, (Dataset, DataLoader)) or not callable(data):
+        return data
+    try:
+        made = data()
+    except Exception as e:
+        raise WorkloadError(f"the workload's data factory failed: {type(e).__name__}: {e}") from e
+    if not isinstance(made, (Dataset, DataLoader)) and not hasattr(made, "__iter__"):
+        raise WorkloadError(f"the workload's data factory returned {type(made).__name__}, not a DataLoader")
+    return made
+
+
+RESIDENT_MAX_BYTES = 512 * 2**20  # an in-memory data set up to this size lives on the GPU
+_RESIDENT: weakref.WeakKeyDictionary[TensorDataset, dict[torch.device, tuple[torch.Tensor, torch.Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _resident(dataset: TensorDataset, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set's two tensors, on ``device`` when it is a GPU and they fit (cached)."""
+    x, y = dataset.tensors
+    if device is None or device.type != "cuda" or x.device == device:
+        return x, y
+    if x.nbytes + y.nbytes > RESIDENT_MAX_BYTES:
+        return x, y
+    per_device = _RESIDENT.setdefault(dataset, {})
+    if device not in per_device:
+        per_device[device] = (x.to(device), y.to(device))
+    return per_device[device]
 
 
 def distill_loss(
@@ -144,9 +199,9 @@ def fit_epoch_steps(
         teacher.eval()
     for epoch in range(epochs):
         model.train()
-        for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen):
+        for xb, yb in batches(workload.train_set, workload.batch_size, shuffle=True, generator=gen, device=device):
             opt.zero_grad(set_to_none=True)
-            loss = batch_loss(model, loss_fn, xb.to(device), yb.to(device), teacher, distill_weight, temperature)
+            loss = batch_loss(model, loss_fn, xb, yb, teacher, distill_weight, temperature)
             loss.backward()
             if after_backward is not None:
                 after_backward()
@@ -194,10 +249,10 @@ def evaluate(model: nn.Module, workload: Workload) -> float:
     if workload.evaluate is not None:
         return float(workload.evaluate(model))
     device = next(model.parameters()).device
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: one sync at the end
     total = 0
-    for xb, yb in batches(workload.test_set, max(workload.batch_size, 256), shuffle=False):
-        pred = model(xb.to(device)).argmax(dim=1)
-        correct += int((pred == yb.to(device)).sum())
+    for xb, yb in batches(workload.test_set, max(workload.batch_size, 256), shuffle=False, device=device):
+        pred = model(xb).argmax(dim=1)
+        correct += (pred == yb).sum()
         total += len(yb)
-    return correct / total if total else 0.0
+    return int(correct) / total if total else 0.0
