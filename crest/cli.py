@@ -228,8 +228,9 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     finally:
         signal.signal(signal.SIGTERM, previous)
     typer.echo(
-        f"study '{summary.study}': {summary.complete} complete trials "
-        f"({summary.ran_this_run} run now, {summary.failed_this_run} failed) in {summary.elapsed:.1f} s"
+        f"study '{summary.study}': {summary.complete} complete trials"
+        + (f" and {summary.pruned} pruned" if summary.pruned else "")
+        + f" ({summary.ran_this_run} run now, {summary.failed_this_run} failed) in {summary.elapsed:.1f} s"
     )
     store = _open_store(config.storage)
     try:
@@ -265,8 +266,8 @@ def status(
         return
     typer.echo(f"study      {st['study']} ({st['workload']})")
     typer.echo(
-        f"trials     {st['complete']}/{st['n_trials']} complete, {st['running']} running, "
-        f"{st['failed']} failed, {st['waiting']} waiting"
+        f"trials     {st['complete'] + st['pruned']}/{st['n_trials']} done ({st['complete']} complete, "
+        f"{st['pruned']} pruned), {st['running']} running, {st['failed']} failed, {st['waiting']} waiting"
     )
     base = st["baseline_accuracy"]
     typer.echo(f"baseline   {'-' if base is None else f'{base:.4f}'}")
@@ -302,11 +303,11 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False, lease_ttl: Lea
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("study", "workload", "complete", "failed", "best ratio", "best acc", "driver")
+    table = Table("study", "workload", "done", "pruned", "failed", "best ratio", "best acc", "driver")
     for r in rows:
         b = r["best"]
         table.add_row(
-            r["study"], r["workload"], f"{r['complete']}/{r['n_trials']}", str(r["failed"]),
+            r["study"], r["workload"], f"{r['complete'] + r['pruned']}/{r['n_trials']}", str(r["pruned"]), str(r["failed"]),
             f"{b['ratio']:.1f}x" if b else "-", f"{b['accuracy']:.4f}" if b else "-", r["driver"],
         )
     Console().print(table)

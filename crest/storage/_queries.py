@@ -63,6 +63,7 @@ def study_status(store: Store, info: StudyInfo, *, lease_ttl: float) -> dict[str
         "workload": info.workload,
         "n_trials": info.n_trials,
         "complete": counts["COMPLETE"],
+        "pruned": counts["PRUNED"],  # stopped early; complete + pruned count toward n_trials
         "running": counts["RUNNING"],
         "failed": counts["FAIL"],
         "waiting": counts["WAITING"],

@@ -19,7 +19,7 @@ from crest.config import parse_sweep
 from crest.exceptions import StorageError
 from crest.orchestrator import DriverOptions, SweepDriver
 from crest.orchestrator._ledger import PRUNED_REASON_ATTR, SIZE_BOUNDS_ATTR
-from crest.storage import Store, trial_state_counts
+from crest.storage import Store, study_status, trial_state_counts
 
 from ..helpers import TINY_SWEEP
 
@@ -75,6 +75,8 @@ def test_trials_that_cannot_win_are_pruned_with_their_size_and_reason(storage_ur
         counts = trial_state_counts(store, "tiny")
         assert counts["COMPLETE"] + counts["PRUNED"] == 6 and counts["RUNNING"] == counts["WAITING"] == 0
         assert counts["PRUNED"] == sum(1 for t in rows.values() if t.state == "PRUNED")
+        status = study_status(store, info, lease_ttl=30.0)  # what crest status prints
+        assert (status["complete"], status["pruned"]) == (counts["COMPLETE"], counts["PRUNED"])
         study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
         trials = {t.number: t for t in study.trials}
         # the curves are Optuna's intermediate values: all epochs of a complete trial, the
