@@ -90,7 +90,7 @@ def test_process_tree_holds_this_process(bench: Any) -> None:
 @pytest.mark.slow
 def test_a_whole_run_at_a_tiny_size(bench: Any, tmp_path: Path) -> None:
     """crest (with kill -9 and resume), Optuna in memory and Tune with reused actors, 6 trials."""
-    pytest.importorskip("ray.tune")
+    pytest.importorskip("ray.tune", exc_type=ImportError)
     out = tmp_path / "overhead.json"
     bench.main(["--trials", "6", "--large-trials", "0", "--repeats", "1", "--systems",
                 "crest,optuna-memory,tune-reuse", "--kill-systems", "crest", "--kill-after", "3", "--out", str(out)])
@@ -101,7 +101,10 @@ def test_a_whole_run_at_a_tiny_size(bench: Any, tmp_path: Path) -> None:
         assert run["trials"] == 6 and run["probe_trials"] == 6
         assert run["startup_s"] > 0 and run["peak_rss_mb"] > 0
     kill = doc["kill9"]["crest"]
-    # a result on its way from the worker to the driver at the kill is lost (and run again)
-    assert kill["exact"] is True and kill["lost"] <= 1 and kill["ended_before_kill"] >= 3
+    # a result on its way from a worker to the driver at the kill is lost (and run again on
+    # resume): each worker holds at most ASK_AHEAD trials, so at most that many per worker
+    from crest.orchestrator._sweep_loop import ASK_AHEAD
+
+    assert kill["exact"] is True and kill["lost"] <= bench.WORKERS * ASK_AHEAD and kill["ended_before_kill"] >= 3
     assert set(doc["goals"]) >= {"crest_overhead_at_most_third_of_tune_reuse", "crest_startup_under_4s"}
     assert "| crest (SQLite) |" in doc["table"]

@@ -171,13 +171,20 @@ def test_kill_9_with_a_trial_asked_ahead_requeues_it_and_resumes_exactly(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        running = {int(n) for (n,) in conn.execute("SELECT number FROM trials WHERE state = 'RUNNING'")}
     store = Store(f"sqlite:///{db}", create=False, read_only=True)
     try:
-        orphans = trial_state_counts(store, "tiny")["RUNNING"]
-        before = {t.number: t.artifact_sha256 for t in store.trials(store.require_study("tiny").id)}
+        kept = store.trials(store.require_study("tiny").id)
     finally:
         store.close()
-    assert orphans >= 2, "the kill left the running trial and the one asked ahead"
+    before = {t.number: t.artifact_sha256 for t in kept}
+    # a trial whose row committed just before the kill, but that Optuna was not yet told
+    # of, is told on resume and not failed; every other trial Optuna holds RUNNING is
+    told_late = {t.number for t in kept if t.state in ("COMPLETE", "PRUNED")} & running
+    orphans = len(running - told_late)
+    assert len(running) >= 2, "the kill left the running trial and the one asked ahead"
+    assert orphans >= 1
     out = subprocess.run([sys.executable, "-m", "crest", "resume", "tiny", "-q"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600, preexec_fn=_default_signals, check=False)
     assert out.returncode == 0, out.stderr
@@ -190,7 +197,7 @@ def test_kill_9_with_a_trial_asked_ahead_requeues_it_and_resumes_exactly(tmp_pat
     assert counts["COMPLETE"] == n and counts["RUNNING"] == counts["WAITING"] == 0
     assert {t.number: t.artifact_sha256 for t in records if t.number in before} == before
     failed = {t.number: t for t in records if t.state == "FAIL"}
-    assert len(failed) == orphans, "exactly the trials left running were failed"
+    assert set(failed) == running - told_late, "exactly the trials left running were failed"
     for number, f in failed.items():
         reruns = [t for t in records if t.retry_of == number]
         # each one, started or only asked ahead, ran again exactly once, with its parameters
