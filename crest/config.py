@@ -68,6 +68,7 @@ __all__ = [
 
 DEFAULT_STORAGE = "sqlite:///crest.db"
 DEFAULT_ARTIFACT_INLINE_MAX = 256 * 1024  # bytes: larger artifacts go to the artifact store
+DEFAULT_SAMPLER_WINDOW = 500  # finished trials the sampler reads at most (see crest.orchestrator._sampler_view)
 
 
 class _Strict(BaseModel):
@@ -426,6 +427,8 @@ class SweepConfig(_Strict):
     workers: int = Field(default=1, ge=1, le=4096)
     seed: int = Field(default=0, ge=0)
     sampler: Literal["tpe", "random"] = "tpe"
+    # finished trials the sampler reads at most (the best and the most recent); null: all
+    sampler_window: int | None = Field(default=DEFAULT_SAMPLER_WINDOW, ge=100, le=1_000_000)
     objectives: list[Literal["size", "accuracy", "latency"]] = Field(default=["size"], min_length=1)
     constraints: Constraints = Constraints()
     stages: list[Stage] = Field(min_length=1)
@@ -519,7 +522,8 @@ class SweepConfig(_Strict):
     def search_identity(self) -> dict[str, Any]:
         """The parts that define the search; a resumed study must keep them."""
         data = self.model_dump(mode="json")
-        for key in ("n_trials", "workers", "storage", "ray", "max_failures", "study", "device", "latency"):
+        for key in ("n_trials", "workers", "storage", "ray", "max_failures", "study", "device", "latency",
+                    "sampler_window"):
             data.pop(key, None)
         return data
 

@@ -1,11 +1,36 @@
 """The orchestrator: the driver loop (Optuna ask -> Ray worker -> tell), worker actors,
 cluster connection, the driver lease, and resume.
+
+The public names are imported when first used: a Ray task that needs one submodule (the
+node check, a worker actor) imports only what that submodule needs, not the driver's
+Optuna, SQLAlchemy and torch.
 """
 
 from __future__ import annotations
 
-from crest.orchestrator._driver import SweepDriver
-from crest.orchestrator._reports import DriverOptions, Progress, SweepSummary
-from crest.orchestrator._worker import TrialWorker
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crest.orchestrator._driver import SweepDriver
+    from crest.orchestrator._reports import DriverOptions, Progress, SweepSummary
+    from crest.orchestrator._worker import TrialWorker
 
 __all__ = ["SweepDriver", "DriverOptions", "Progress", "SweepSummary", "TrialWorker"]
+
+_WHERE = {
+    "SweepDriver": "crest.orchestrator._driver",
+    "DriverOptions": "crest.orchestrator._reports",
+    "Progress": "crest.orchestrator._reports",
+    "SweepSummary": "crest.orchestrator._reports",
+    "TrialWorker": "crest.orchestrator._worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crest.orchestrator' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -3,7 +3,9 @@
 A run walks one way: the sweep (a :class:`~crest.config.SweepConfig`) resolves to a plan
 and a workload before anything is written; the study's row and its lease come next, then
 Ray, the decoder check of every node, the baseline, and a pool of workers on the nodes
-that passed. Then a loop (:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
+that passed. A new study's baseline trainer starts while the decoder checks run (it
+becomes a worker only if its node passes; the baseline, encoded on the host, is kept
+either way). Then a loop (:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
 :class:`~crest.orchestrator._sensitivity_loop.SensitivityLoop`) runs to the end, and the
 :class:`~crest.orchestrator._ledger.TrialLedger` records every trial.
 
@@ -148,8 +150,12 @@ class SweepDriver:
             logger.info("start-up: Ray took %.2f s", t0 - t_ray)
             pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
             stack.callback(pool.kill_all)
-            artifacts = self._check_nodes(store, info, pool)
-            info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model))
+            artifacts = self._check_artifacts(store, info)
+            pool.scan_nodes(artifacts)
+            # a new study's baseline trainer starts while the decoder checks run
+            trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None else None
+            self._check_nodes(store, info, pool)
+            info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model), trainer)
             yield RunContext(
                 store, info, plan, pool, lease, artifacts, prunable_layers(model), self.options, self.on_progress, t0
             )
@@ -205,64 +211,68 @@ class SweepDriver:
             store.update_config(info.id, cfg)
         return store.require_study(cfg.study)
 
-    def _check_nodes(self, store: Store, info: StudyInfo, pool: WorkerPool) -> list[bytes]:
-        """Run the decoder check on every node; returns the study's artifacts it used."""
-        artifacts = self._check_artifacts(store, info)
+    def _check_nodes(self, store: Store, info: StudyInfo, pool: WorkerPool) -> None:
+        """Wait for the decoder checks :meth:`WorkerPool.scan_nodes` started on every node."""
         self.on_progress(Progress(info.name, info.n_trials, message="checking the decoder on every node"))
         t0 = time.monotonic()
-        pool.scan_nodes(artifacts)
         pool.wait_for_checks()
         logger.info("start-up: decoder checks took %.2f s", time.monotonic() - t0)
         if not pool.passed_nodes():
             reasons = "; ".join(f"{c['host']}: {c['reason']}" for c in store.node_checks(info.id) if not c["passed"])
             raise SweepError(f"no node passed the decoder check ({reasons or 'no alive node'})")
-        return artifacts
 
     def _start_workers(
-        self, store: Store, info: StudyInfo, pool: WorkerPool, artifacts: list[bytes], dense_bytes: int
+        self, store: Store, info: StudyInfo, pool: WorkerPool, artifacts: list[bytes], dense_bytes: int,
+        trainer: Any = None,
     ) -> tuple[StudyInfo, list[bytes]]:
-        """Train the baseline if the study has none, then start the workers.
+        """Train the baseline on ``trainer`` if the study has none, then start the workers.
 
         Returns:
             the study's row and its artifacts, updated when the baseline was trained now.
         """
         import ray
 
-        trainer = None
-        if info.baseline_sha256 is None:
-            trainer = self._train_baseline(store, info, pool, dense_bytes)
+        if trainer is not None:
+            self._train_baseline(store, info, trainer, dense_bytes)
             info = store.require_study(info.name)
             artifacts = self._check_artifacts(store, info)
         baseline_blob = store.get_artifact(info.baseline_sha256)  # type: ignore[arg-type]
         pool.set_baseline(ray.put(baseline_blob), float(info.baseline_accuracy))  # type: ignore[arg-type]
-        if trainer is not None:  # the worker that trained the baseline stays a worker
-            pool.load(trainer)
+        if trainer is not None:
+            if pool.node_passed(trainer):  # the worker that trained the baseline stays a worker
+                pool.load(trainer)
+            else:
+                pool.retire(trainer)
         pool.fill()
         return info, artifacts
 
-    def _train_baseline(self, store: Store, info: StudyInfo, pool: WorkerPool, dense_bytes: int) -> Any:
-        """Train and store the study's baseline on a new worker; returns that worker."""
+    def _start_trainer(self, info: StudyInfo, pool: WorkerPool) -> Any:
+        """The worker that will train the study's baseline, started on a node with room
+        (while its decoder check may still run)."""
+        cfg = self.config
+        room = pool.placement(1, checking=True)
+        if not room:
+            raise SweepError(
+                "no node has room for a worker "
+                f"(cpus_per_worker={cfg.ray.cpus_per_worker}, gpus_per_worker={cfg.ray.gpus_per_worker})"
+            )
+        logger.info("starting the baseline's trainer for study '%s' on node %s", info.name, room[0][:8])
+        return pool.new_actor(room[0])
+
+    def _train_baseline(self, store: Store, info: StudyInfo, trainer: Any, dense_bytes: int) -> None:
+        """Train the study's baseline on ``trainer`` and store it."""
         import ray
 
         cfg = self.config
         self.on_progress(Progress(info.name, info.n_trials, message="training the baseline"))
         t0 = time.monotonic()
-        room = pool.placement(1)
-        if not room:
-            raise SweepError(
-                "no node that passed the decoder check has room for a worker "
-                f"(cpus_per_worker={cfg.ray.cpus_per_worker}, gpus_per_worker={cfg.ray.gpus_per_worker})"
-            )
-        trainer = pool.new_actor(room[0])
-        logger.info("training the baseline of study '%s' on node %s", info.name, room[0][:8])
         try:
             blob, accuracy = ray.get(trainer.train_baseline.remote(cfg.seed))
         except ray.exceptions.RayError as e:
             raise SweepError(f"the baseline could not be trained: {short_error(e)}") from e
         store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)
-        logger.info("baseline of study '%s': accuracy %.4f, %d bytes (start-up: %.2f s training it)",
+        logger.info("baseline of study '%s': accuracy %.4f, %d bytes (start-up: %.2f s waiting for it)",
                     info.name, accuracy, len(blob), time.monotonic() - t0)
-        return trainer
 
     def _check_artifacts(self, store: Store, info: StudyInfo) -> list[bytes]:
         """Real artifacts of the study for the decoder check: the baseline and the best trial."""

@@ -2,16 +2,18 @@
 
 :class:`TrialLedger` asks Optuna for a trial (:meth:`~TrialLedger.ask`) and is the one
 place that records how a trial ended (:meth:`~TrialLedger.complete`,
-:meth:`~TrialLedger.fail`, :meth:`~TrialLedger.recover`). The order is always the same:
-crest's row (and the artifact) commit first, then Optuna is told, so a driver killed in
-between leaves a trial that :meth:`~TrialLedger.recover` tells from the row. A trial
-stopped early (:meth:`~TrialLedger.prune`) is recorded the same way, as PRUNED; the
+:meth:`~TrialLedger.fail`, :meth:`~TrialLedger.recover`). crest's row, the artifact and
+Optuna's end of the trial commit in one transaction, so Optuna never holds a result that
+crest's row lacks; a row left untold (by a crest that told Optuna in a second commit) is
+told by :meth:`~TrialLedger.recover`. A trial stopped early (:meth:`~TrialLedger.prune`) is recorded the same way, as PRUNED; the
 scores it reported while retraining are written to Optuna as they come
 (:meth:`~TrialLedger.report`), before any decision that reads them is recorded.
 
-A finished trial's Optuna attributes (its results, its constraint values) are rows of the
-same transaction as crest's row, so each trial costs one commit and then ``tell``. The
-ledger keeps the study's trial counts and its best feasible trial up to date from what it
+A finished trial's Optuna rows (its results, its constraint values, its end state and
+objective values) are written in the same transaction as crest's row, so the trial is
+recorded and told in one commit, and a new trial is created in one more; both go through
+crest's engine (on SQLite: WAL, ``synchronous=NORMAL``: a commit survives the process
+being killed). The ledger keeps the study's trial counts and its best feasible trial up to date from what it
 records (it is the study's only writer, under the lease), reading them from the database
 only when it starts and after :meth:`~TrialLedger.recover`.
 """
@@ -29,7 +31,9 @@ from optuna.trial import TrialState
 
 from crest.config import SweepConfig
 from crest.orchestrator._optuna_private import (
-    finish_trial,
+    end_trial,
+    insert_running_trial,
+    optuna_study_id,
     set_intermediate_value,
     trial_id,
     write_trial_attrs,
@@ -153,7 +157,7 @@ class TrialLedger:
         self.retry_budget = retry_budget
         self.tally: dict[TrialState, int] = dict.fromkeys(TrialState, 0)
         self.best: Best | None = None
-        self.view = SamplerView(study)
+        self.view = SamplerView(study, window=config.sampler_window)
         self.refresh()
 
     def refresh(self) -> None:
@@ -181,7 +185,7 @@ class TrialLedger:
         """The next trial: a queued retry first (Optuna serves those), else a new proposal
         of the sampler's in-memory view, created in the database in one commit."""
         if not self.tally[TrialState.WAITING]:
-            tid, number, params = self._db("asking Optuna for a trial", lambda: self.view.ask(plan))
+            tid, number, params = self._db("asking Optuna for a trial", lambda: self.view.ask(plan, self._create))
             self._moved(None, TrialState.RUNNING)
             seed = trial_seed(self.config.seed, number)
             return TrialJob(number, tid, params, attempt=1, retry_of=None, seed=seed, started=time.monotonic())
@@ -194,6 +198,12 @@ class TrialLedger:
         if job.attempt > 1:
             logger.info("trial %d re-runs trial %s (attempt %d)", job.number, job.retry_of, job.attempt)
         return job
+
+    def _create(self, params: dict[str, Any], distributions: dict[str, Any]) -> tuple[int, int]:
+        """A new RUNNING Optuna trial holding ``params``, in one commit fenced on the lease."""
+        with self.store.session() as s:
+            self.store.check_fence(s)
+            return insert_running_trial(s, optuna_study_id(self.study), params, distributions)
 
     # recording ------------------------------------------------------------------------------
 
@@ -234,9 +244,10 @@ class TrialLedger:
             write_trial_attrs(s, job.trial_id, attrs, constraint)
 
     def complete(self, job: TrialJob, node: dict[str, Any], out: TrialOutcome) -> None:
-        """Record a finished trial with its artifact and its Optuna attributes in one
-        transaction, then tell Optuna its objectives (the seconds both took are logged)."""
+        """Record a finished trial with its artifact, its Optuna attributes, its end state
+        and objective values, in one transaction (the seconds it took are logged)."""
         t0 = time.perf_counter()
+        values = objective_values(self.config, out.size_bytes, out.accuracy, out.details)
         attrs, constraint = self._complete_attrs(
             job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio
         )
@@ -245,12 +256,10 @@ class TrialLedger:
             blob=out.blob, accuracy=out.accuracy, accuracy_drop=out.accuracy_drop, ratio=out.ratio,
             layers=out.layers, wall_seconds=out.seconds, transport_bytes=out.transport_bytes,
             device=out.device, details=out.details or None,
-            also=lambda s: (write_trial_attrs(s, job.trial_id, attrs, constraint),
-                            register_artifact(s, job.trial_id, out.blob, filename=f"trial-{job.number}.crest")),
+            also=lambda s: (write_trial_attrs(s, job.trial_id, attrs, constraint, replace=False),
+                            register_artifact(s, job.trial_id, out.blob, filename=f"trial-{job.number}.crest"),
+                            end_trial(s, job.trial_id, TrialState.COMPLETE, values)),
         ))
-        values = objective_values(self.config, out.size_bytes, out.accuracy, out.details)
-        self._db(f"telling Optuna trial {job.number}",
-                 lambda: finish_trial(self.study, job.trial_id, TrialState.COMPLETE, values))
         self.view.finished(job.trial_id, TrialState.COMPLETE, values, constraint)
         self._moved(TrialState.RUNNING, TrialState.COMPLETE)
         if constraint[0] <= 0 and (self.best is None or out.size_bytes < self.best.size_bytes):
@@ -264,17 +273,16 @@ class TrialLedger:
                  lambda: set_intermediate_value(self.study, job.trial_id, step, score))
 
     def prune(self, job: TrialJob, node: dict[str, Any], stop: Stop) -> None:
-        """Record a trial stopped early as PRUNED, with its size and the reason, then tell
-        Optuna (after its scores: :meth:`report` them first)."""
+        """Record a trial stopped early as PRUNED, with its size and the reason, and end it in
+        Optuna in the same transaction (after its scores: :meth:`report` them first)."""
         low = job.size.low if job.size is not None else None
         ratio = self._ratio(low)
         attrs, constraint = self._pruned_attrs(job, size_bytes=low, ratio=ratio, reason=stop.reason, curve=job.curve)
         self._db(f"recording trial {job.number}", lambda: self._record(
             job, "PRUNED", node, size_bytes=low, ratio=ratio, wall_seconds=job.busy, reason=stop.reason,
-            also=lambda s: write_trial_attrs(s, job.trial_id, attrs, constraint),
+            also=lambda s: (write_trial_attrs(s, job.trial_id, attrs, constraint, replace=False),
+                            end_trial(s, job.trial_id, TrialState.PRUNED)),
         ))
-        self._db(f"telling Optuna trial {job.number}",
-                 lambda: finish_trial(self.study, job.trial_id, TrialState.PRUNED))
         self.view.finished(job.trial_id, TrialState.PRUNED, constraint=constraint, curve=job.curve)
         self._moved(TrialState.RUNNING, TrialState.PRUNED)
         logger.info("trial %d pruned: %s", job.number, stop.reason)
@@ -304,9 +312,10 @@ class TrialLedger:
         ``retry`` and trials are still needed (as the next attempt, unless not
         ``count_attempt``: an interrupted trial keeps its attempt)."""
         seconds = time.monotonic() - job.started
-        self._db(f"recording trial {job.number}", lambda: self._record(job, "FAIL", node, wall_seconds=seconds, error=error))
-        self._db(f"telling Optuna trial {job.number}",
-                 lambda: self.study.tell(job.number, state=TrialState.FAIL, skip_if_finished=True))
+        self._db(f"recording trial {job.number}", lambda: self._record(
+            job, "FAIL", node, wall_seconds=seconds, error=error,
+            also=lambda s: end_trial(s, job.trial_id, TrialState.FAIL),
+        ))
         self.view.finished(job.trial_id, TrialState.FAIL)
         self._moved(TrialState.RUNNING, TrialState.FAIL)
         # an interrupted trial is no failure of its own: it runs again on resume

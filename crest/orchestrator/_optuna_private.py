@@ -5,9 +5,12 @@ which Optuna exposes only as ``Trial._trial_id``; a trial settled after a driver
 ``FrozenTrial``, whose user attributes can be written only through the study's storage
 (``Study._storage``); a trial's intermediate values (the scores a trial reports while it
 retrains) are written the same way, since ``Trial.report`` refuses multi-objective studies.
-A finished trial's attributes are written by :func:`write_trial_attrs` as rows of Optuna's
-tables (``optuna.storages._rdb.models``) inside crest's own record transaction, so the
-trial's row, its artifact and what Optuna and optuna-dashboard read of it commit at once.
+A finished trial's attributes and its end (state, objective values) are written by
+:func:`write_trial_attrs` and :func:`end_trial` as rows of Optuna's tables
+(``optuna.storages._rdb.models``) inside crest's own record transaction, so the trial's
+row, its artifact and what Optuna and optuna-dashboard read of it commit at once; a new
+trial is created the same way (:func:`insert_running_trial`), in one transaction of
+crest's engine, with Optuna's numbering.
 :func:`check_private_api` (run by the test suite against the Optuna that is installed)
 fails loudly when a release renames any of these.
 """
@@ -16,11 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from crest.exceptions import CrestError
@@ -29,8 +32,11 @@ __all__ = [
     "check_private_api",
     "copy_trial",
     "create_running_trial",
+    "end_trial",
     "finish_trial",
     "frozen_trial",
+    "insert_running_trial",
+    "optuna_study_id",
     "set_constraints",
     "set_intermediate_value",
     "set_user_attrs",
@@ -70,12 +76,15 @@ def set_intermediate_value(study: optuna.Study, trial_id: int, step: int, value:
 
 
 def write_trial_attrs(
-    session: Session, trial_id: int, user_attrs: dict[str, Any], constraints: list[float] | None = None
+    session: Session, trial_id: int, user_attrs: dict[str, Any], constraints: list[float] | None = None,
+    *, replace: bool = True,
 ) -> None:
     """Write a running trial's user attributes (and its constraint values, the system
     attribute of :func:`set_constraints`) as rows of Optuna's tables, in ``session``'s
     transaction: the caller commits them with its own rows. Keys written before are
-    replaced (as Optuna's upsert does), so writing again is harmless.
+    replaced (as Optuna's upsert does), so writing again is harmless; ``replace=False``
+    skips looking for them, for a caller that knows the trial has none of these keys (a
+    trial recorded in the transaction that ends it: a failed commit left nothing).
 
     Optuna's cached storage re-reads a running trial from the database, so what is written
     here is what ``study.tell`` and every later read see.
@@ -88,7 +97,8 @@ def write_trial_attrs(
     for table, attrs in tables:
         if not attrs:
             continue
-        session.execute(delete(table).where(table.c.trial_id == trial_id, table.c.key.in_(list(attrs))))
+        if replace:
+            session.execute(delete(table).where(table.c.trial_id == trial_id, table.c.key.in_(list(attrs))))
         session.execute(insert(table), [
             {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()
         ])
@@ -106,6 +116,74 @@ def create_running_trial(
     )
     tid = study._storage.create_new_trial(study._study_id, template_trial=template)
     return tid, study._storage.get_trial(tid).number
+
+
+def optuna_study_id(study: optuna.Study) -> int:
+    """Optuna's storage id of ``study`` (what its trial rows hold in ``study_id``)."""
+    return int(study._study_id)
+
+
+def _utc_naive() -> datetime:
+    """Now, as Optuna's RDB storage keeps its datetimes: naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def insert_running_trial(
+    session: Session, study_id: int, params: dict[str, Any], distributions: dict[str, Any]
+) -> tuple[int, int]:
+    """Create a RUNNING trial of Optuna study ``study_id`` holding ``params``, as rows of
+    Optuna's tables in ``session``'s transaction (the caller commits); returns (trial id,
+    number). The number is Optuna's: the study's trials with a smaller id. What Optuna's
+    ``create_new_trial`` writes, less its queries (it reads the study and checks each
+    parameter's distribution against earlier trials: the caller's in-memory sampler checked).
+    """
+    from optuna.distributions import distribution_to_json
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    result = session.execute(
+        insert(trials).values(study_id=study_id, number=None, state=optuna.trial.TrialState.RUNNING,
+                              datetime_start=_utc_naive())
+    )
+    tid = int(result.inserted_primary_key[0])  # type: ignore[index]
+    number = int(session.execute(
+        select(func.count()).select_from(trials).where(trials.c.study_id == study_id, trials.c.trial_id < tid)
+    ).scalar_one())
+    session.execute(update(trials).where(trials.c.trial_id == tid).values(number=number))
+    if params:
+        session.execute(insert(models.TrialParamModel.__table__), [
+            {"trial_id": tid, "param_name": name, "param_value": distributions[name].to_internal_repr(value),
+             "distribution_json": distribution_to_json(distributions[name])}
+            for name, value in params.items()
+        ])
+    return tid, number
+
+
+def end_trial(
+    session: Session, trial_id: int, state: optuna.trial.TrialState, values: list[float] | None = None
+) -> bool:
+    """End a RUNNING trial in ``session``'s transaction: its state, completion time and
+    objective values (what ``set_trial_state_values`` writes; the caller commits). A trial
+    that is not RUNNING (finished already) is left as it is; returns whether it was ended."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    ended = session.execute(
+        update(trials)
+        .where(trials.c.trial_id == trial_id, trials.c.state == optuna.trial.TrialState.RUNNING)
+        .values(state=state, datetime_complete=_utc_naive())
+    )
+    if ended.rowcount != 1:  # type: ignore[attr-defined]
+        logger.debug("trial id %d was not running; left as it is", trial_id)
+        return False
+    if values:
+        value_model = models.TrialValueModel
+        rows = []
+        for objective, value in enumerate(values):
+            stored, kind = value_model.value_to_stored_repr(float(value))
+            rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
+        session.execute(insert(value_model.__table__), rows)
+    return True
 
 
 def frozen_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial:
@@ -155,6 +233,7 @@ def check_private_api() -> None:
             raise CrestError("Optuna stores constraints under another key than optuna-dashboard reads")
         _check_attr_tables()
         _check_trial_copies()
+        _check_rdb_writes()
     except (AttributeError, ImportError) as e:
         raise CrestError(f"Optuna {optuna.__version__} changed a private name crest uses: {e}") from e
 
@@ -182,3 +261,32 @@ def _check_trial_copies() -> None:
     t = copy.trials[0]
     if (number, t.params, t.values, t.state) != (0, {"x": 0.5}, [1.0], optuna.trial.TrialState.COMPLETE):
         raise CrestError("Optuna's trial templates no longer behave as crest expects")
+
+
+def _check_rdb_writes() -> None:
+    """:func:`insert_running_trial` and :func:`end_trial` on a real RDB storage (a SQLite
+    file), read back through Optuna's own API."""
+    import tempfile
+    from pathlib import Path
+
+    from sqlalchemy.orm import sessionmaker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{Path(tmp) / 'probe.db'}")
+        try:
+            study = optuna.create_study(storage=storage, directions=["minimize", "maximize"])
+            study.enqueue_trial({"x": 0.25})  # a WAITING trial numbered before ours
+            dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+            with sessionmaker(storage.engine)() as s, s.begin():
+                tid, number = insert_running_trial(s, optuna_study_id(study), {"x": 0.5}, {"x": dist})
+                ended = end_trial(s, tid, optuna.trial.TrialState.COMPLETE, [1.0, float("inf")])
+            with sessionmaker(storage.engine)() as s, s.begin():
+                again = end_trial(s, tid, optuna.trial.TrialState.FAIL)
+            t = study.get_trials(deepcopy=False)[-1]
+            if (number, t.number, t._trial_id, t.params, t.values, t.state, ended, again) != (
+                1, 1, tid, {"x": 0.5}, [1.0, float("inf")], optuna.trial.TrialState.COMPLETE, True, False
+            ) or t.datetime_complete is None or t.distributions != {"x": dist}:
+                raise CrestError("Optuna's trial tables no longer read back what crest writes")
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()

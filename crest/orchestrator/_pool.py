@@ -216,13 +216,29 @@ class WorkerPool:
         self._started.append(actor)
         return actor
 
-    def placement(self, wanted: int) -> list[str]:
-        """Passed nodes with room for ``wanted`` more workers (see :func:`plan_placement`)."""
+    def placement(self, wanted: int, *, checking: bool = False) -> list[str]:
+        """Passed nodes with room for ``wanted`` more workers (see :func:`plan_placement`);
+        with ``checking``, nodes whose check still runs count too (the baseline's trainer
+        starts while the checks run, and becomes a worker only if its node passes)."""
         placed: dict[str, int] = {}
         for node_id in self._node_of.values():
             placed[node_id] = placed.get(node_id, 0) + 1
-        capacity = {n: node.capacity for n, node in self._nodes.items() if node.passed}
+        capacity = {n: node.capacity for n, node in self._nodes.items()
+                    if node.passed or (checking and node.passed is None)}
         return plan_placement(capacity, placed, wanted)
+
+    def node_passed(self, actor: Any) -> bool:
+        """True when ``actor``'s node passed its last decoder check."""
+        node = self._nodes.get(self._node_of.get(actor, ""))
+        return bool(node is not None and node.passed)
+
+    def retire(self, actor: Any) -> None:
+        """Kill a worker that is not to run trials (its node failed the check)."""
+        import ray
+
+        self._node_of.pop(actor, None)
+        logger.info("the baseline's trainer is not kept as a worker: its node failed the decoder check")
+        ray.kill(actor, no_restart=True)  # as kill_all does: a dead actor is no error
 
     def set_baseline(self, blob_ref: Any, accuracy: float) -> None:
         """The baseline every worker loads: an object ref of its artifact, and its score."""

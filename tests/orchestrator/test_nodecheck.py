@@ -106,3 +106,40 @@ def test_three_node_cluster_gets_one_check_per_node_and_workers_only_where_they_
                                      cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout)
     assert len(best) == 3
     assert len({row["node"].split("/")[1] for row in best}) <= 2
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_baseline_trainer_starts_while_its_node_is_checked_and_stays_only_if_it_passes(sqlite_url: str) -> None:
+    """The driver places the baseline's trainer on a node whose check still runs; the
+    trainer becomes a worker only if that node passes, else it is retired (killed)."""
+    import ray
+
+    from crest.config import parse_sweep
+    from crest.orchestrator._pool import WorkerPool
+    from crest.storage import Store
+    from crest.tasks import get_workload, resolve_plan
+
+    cfg = parse_sweep(TINY_SWEEP, overrides={"storage": sqlite_url})
+    model = get_workload(cfg.workload).build_model()
+    plan = resolve_plan(cfg.stages, [n for n, _ in model.named_parameters()],
+                        shapes={n: tuple(p.shape) for n, p in model.named_parameters()})
+    store = Store(sqlite_url, create=True)
+    pool = WorkerPool(cfg, plan, store, store.create_study(cfg, sweep_yaml="").id, [])
+    try:
+        assert pool.placement(1) == [] and pool.placement(1, checking=True) == []  # no node seen yet
+        assert pool.scan_nodes([]) == 1
+        (node,) = pool.placement(1, checking=True)  # its check runs, not yet passed
+        assert pool.placement(1) == []
+        trainer = pool.new_actor(node)
+        pool.wait_for_checks()
+        assert pool.node_passed(trainer) and pool.placement(1) == [node]
+        ray.get(trainer.__ray_ready__.remote(), timeout=120)
+        pool._nodes[node].passed = False  # what a failed check leaves
+        assert not pool.node_passed(trainer)
+        pool.retire(trainer)
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(trainer.__ray_ready__.remote(), timeout=60)
+        assert pool.live_count() == 0
+    finally:
+        pool.kill_all()
+        store.close()
