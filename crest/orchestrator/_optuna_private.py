@@ -17,13 +17,14 @@ fails loudly when a release renames any of these.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from crest.exceptions import CrestError
@@ -128,6 +129,27 @@ def _utc_naive() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+@functools.cache
+def _trial_statements() -> dict[str, Any]:
+    """The statements :func:`insert_running_trial` and :func:`end_trial` run, built once
+    (a driver runs them for every trial)."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    running = optuna.trial.TrialState.RUNNING
+    return {
+        "create": insert(trials).values(study_id=bindparam("sid"), number=None, state=running,
+                                        datetime_start=bindparam("start")),
+        "count": select(func.count()).select_from(trials).where(
+            trials.c.study_id == bindparam("sid"), trials.c.trial_id < bindparam("tid")),
+        "number": update(trials).where(trials.c.trial_id == bindparam("tid")).values(number=bindparam("new_number")),
+        "params": insert(models.TrialParamModel.__table__),
+        "end": update(trials).where(trials.c.trial_id == bindparam("tid"), trials.c.state == running).values(
+            state=bindparam("new_state"), datetime_complete=bindparam("done")),
+        "values": insert(models.TrialValueModel.__table__),
+    }
+
+
 def insert_running_trial(
     session: Session, study_id: int, params: dict[str, Any], distributions: dict[str, Any]
 ) -> tuple[int, int]:
@@ -138,20 +160,13 @@ def insert_running_trial(
     parameter's distribution against earlier trials: the caller's in-memory sampler checked).
     """
     from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
 
-    trials = models.TrialModel.__table__
-    result = session.execute(
-        insert(trials).values(study_id=study_id, number=None, state=optuna.trial.TrialState.RUNNING,
-                              datetime_start=_utc_naive())
-    )
-    tid = int(result.inserted_primary_key[0])  # type: ignore[index]
-    number = int(session.execute(
-        select(func.count()).select_from(trials).where(trials.c.study_id == study_id, trials.c.trial_id < tid)
-    ).scalar_one())
-    session.execute(update(trials).where(trials.c.trial_id == tid).values(number=number))
+    sql = _trial_statements()
+    tid = int(session.execute(sql["create"], {"sid": study_id, "start": _utc_naive()}).inserted_primary_key[0])
+    number = int(session.execute(sql["count"], {"sid": study_id, "tid": tid}).scalar_one())
+    session.execute(sql["number"], {"tid": tid, "new_number": number})
     if params:
-        session.execute(insert(models.TrialParamModel.__table__), [
+        session.execute(sql["params"], [
             {"trial_id": tid, "param_name": name, "param_value": distributions[name].to_internal_repr(value),
              "distribution_json": distribution_to_json(distributions[name])}
             for name, value in params.items()
@@ -167,22 +182,17 @@ def end_trial(
     that is not RUNNING (finished already) is left as it is; returns whether it was ended."""
     from optuna.storages._rdb import models
 
-    trials = models.TrialModel.__table__
-    ended = session.execute(
-        update(trials)
-        .where(trials.c.trial_id == trial_id, trials.c.state == optuna.trial.TrialState.RUNNING)
-        .values(state=state, datetime_complete=_utc_naive())
-    )
+    sql = _trial_statements()
+    ended = session.execute(sql["end"], {"tid": trial_id, "new_state": state, "done": _utc_naive()})
     if ended.rowcount != 1:  # type: ignore[attr-defined]
         logger.debug("trial id %d was not running; left as it is", trial_id)
         return False
     if values:
-        value_model = models.TrialValueModel
         rows = []
         for objective, value in enumerate(values):
-            stored, kind = value_model.value_to_stored_repr(float(value))
+            stored, kind = models.TrialValueModel.value_to_stored_repr(float(value))
             rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
-        session.execute(insert(value_model.__table__), rows)
+        session.execute(sql["values"], rows)
     return True
 
 

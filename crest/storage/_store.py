@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import bindparam, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -434,11 +434,7 @@ class Store:
         if self._fence is None:
             return
         study_id, owner = self._fence
-        result = s.execute(
-            update(StudyRow)
-            .where(StudyRow.id == study_id, StudyRow.lease_owner == owner)
-            .values(lease_owner=owner)
-        )
+        result = s.execute(_FENCE, {"fence_study": study_id, "fence_owner": owner, "fence_keep": owner})
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseError(f"this driver ({owner}) no longer holds the study's lease; the write was not made")
 
@@ -752,6 +748,15 @@ def _node_check_dict(row: NodeCheckRow) -> dict[str, Any]:
         "checked_at": _aware(row.checked_at).isoformat(),  # type: ignore[union-attr]
     }
 
+
+
+# the fence's statement, built once: every write transaction of a driver runs it
+_FENCE = (
+    update(StudyRow.__table__)
+    .where(StudyRow.__table__.c.id == bindparam("fence_study"),
+           StudyRow.__table__.c.lease_owner == bindparam("fence_owner"))
+    .values(lease_owner=bindparam("fence_keep"))
+)
 
 
 def _fence_sessions(factory: Any, store: Store) -> None:
