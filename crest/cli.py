@@ -118,7 +118,8 @@ def sensitivity(
         str, typer.Option(help="Comma-separated fractions of zeros to try per layer.")
     ] = ",".join(str(s) for s in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)),
     layers: Annotated[
-        Optional[str], typer.Option(help="Comma-separated parameter names. Default: every weight of 2+ dimensions.")
+        Optional[str], typer.Option(help="Comma-separated parameter names. Default: every weight of 2+ dimensions "
+                                     "but embedding tables (name one to measure it).")
     ] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto' or host:port).")] = None,
     lease_ttl: LeaseTtlOpt = 30.0,

@@ -163,3 +163,17 @@ def test_best_summarises_a_wide_model_and_show_lists_every_layer(wide: Swept) ->
     for name in (*WIDE, "emb.weight", "norm.weight", "norm.bias"):
         assert name in shown, name
     assert "4x16" in shown and "mean bits" in shown
+
+
+def test_sensitivity_leaves_embedding_tables_out_unless_named(wide: Swept) -> None:
+    """By default every weight of 2+ dimensions but the embedding table; named, it is measured."""
+    config = parse_sweep({**TINY_SWEEP, "study": "wide", "workload": "tests.wide_workload:make", "n_trials": 3,
+                          "stages": [{"type": "prune", "layers": {"*.weight": {"quality": [0.1, 1.5]}}},
+                                     {"type": "quantize", "layers": {"norm.weight": {"bits": 6},
+                                                                     "*.weight": {"bits": [3, 5]}}}]},
+                         overrides={"storage": wide.url})
+    driver = SweepDriver(config, sweep_yaml="# test\n", options=OPTIONS)
+    table = driver.sensitivity([0.5])
+    assert set(table) == set(WIDE), "the 8 Linear weights: no embedding, no 1-D weight"
+    named = driver.sensitivity([0.5], layers=["emb.weight"])
+    assert set(named) == {"emb.weight"} and len(named["emb.weight"]) == 1

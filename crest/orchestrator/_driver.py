@@ -104,13 +104,16 @@ class SweepDriver:
 
         Args:
             sparsities: fractions of zeros to try, each in [0, 1).
-            layers: parameter names; default every weight of 2 or more dimensions.
+            layers: parameter names; default every weight of 2 or more dimensions but the
+                embedding tables (which are measured when named).
 
         Returns:
             layer -> [(sparsity, accuracy, accuracy drop vs the baseline)].
         """
         with self._session(for_sensitivity=True) as session:
-            wanted = list(layers) if layers is not None else list(session.prunable)
+            # embedding tables only when named, as in the prune stage's globs
+            default = [name for name in session.prunable if name not in session.embeddings]
+            wanted = list(layers) if layers is not None else default
             unknown = [name for name in wanted if name not in session.prunable]
             if unknown:
                 raise ConfigError(f"--layers: '{unknown[0]}' is not a prunable weight of the model")
@@ -157,7 +160,8 @@ class SweepDriver:
             self._check_nodes(store, info, pool)
             info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model), trainer)
             yield RunContext(
-                store, info, plan, pool, lease, artifacts, prunable_layers(model), self.options, self.on_progress, t0
+                store, info, plan, pool, lease, artifacts, prunable_layers(model), self.options, self.on_progress, t0,
+                embeddings=embedding_tables(model),
             )
 
     def _stored_sensitivity(self) -> dict[str, list[tuple[float, float]]]:

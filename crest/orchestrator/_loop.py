@@ -13,7 +13,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crest.exceptions import LeaseError
@@ -49,7 +49,8 @@ class RunContext:
         pool: the started workers.
         lease: the study's lease keeper.
         artifacts: real artifacts of the study, for decoder checks of nodes that join.
-        prunable: the model's prunable parameter names.
+        prunable: the model's prunable parameter names (weights of 2 or more dimensions).
+        embeddings: those of them that are embedding tables (measured only when named).
         options: the driver's knobs.
         on_progress: where progress snapshots go.
         t0: ``time.monotonic()`` when the run started.
@@ -65,6 +66,7 @@ class RunContext:
     options: DriverOptions
     on_progress: Callable[[Progress], None]
     t0: float
+    embeddings: list[str] = field(default_factory=list)
 
 
 class EventLoop(ABC):
