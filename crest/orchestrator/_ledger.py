@@ -42,7 +42,7 @@ from crest.orchestrator._sampler_view import SamplerView
 from crest.orchestrator._space import CONSTRAINT_ATTR, objective_values, suggest
 from crest.orchestrator._stopping import Stop, pruned_constraint
 from crest.storage import Store, StudyInfo, TrialRecord, retry_transient
-from crest.storage._artifacts import register_artifact
+from crest.storage._artifacts import register_artifact, register_artifact_sha
 from crest.tasks import SizeReport, TrialOutcome, TrialPlan
 
 __all__ = ["TrialJob", "TrialLedger", "finished", "ATTEMPT_ATTR", "RETRY_OF_ATTR", "SEED_ATTR", "PRUNED_REASON_ATTR", "trial_seed"]
@@ -237,11 +237,16 @@ class TrialLedger:
             attrs[SIZE_BOUNDS_ATTR] = [job.size.low, job.size.high]
         return attrs, constraint
 
-    def _write_attrs(self, job: TrialJob, attrs: dict[str, Any], constraint: list[float]) -> None:
-        """Write a trial's Optuna attributes in a transaction of their own (fenced on the lease)."""
+    def _write_attrs(
+        self, job: TrialJob, attrs: dict[str, Any], constraint: list[float], artifact_sha256: str | None = None
+    ) -> None:
+        """Write a trial's Optuna attributes (and list its stored artifact in Optuna's
+        artifact metadata) in a transaction of their own (fenced on the lease)."""
         with self.store.session() as s:
             self.store.check_fence(s)
             write_trial_attrs(s, job.trial_id, attrs, constraint)
+            if artifact_sha256 is not None:
+                register_artifact_sha(s, job.trial_id, artifact_sha256, filename=f"trial-{job.number}.crest")
 
     def complete(self, job: TrialJob, node: dict[str, Any], out: TrialOutcome) -> None:
         """Record a finished trial with its artifact, its Optuna attributes, its end state
@@ -370,8 +375,9 @@ class TrialLedger:
             job, size_bytes=size, accuracy=accuracy, drop=float(record.accuracy_drop or 0.0),
             ratio=float(record.ratio or 0.0),
         )
-        self._write_attrs(job, attrs, constraint)
-        self.study.tell(job.number, objective_values(self.config, size, accuracy), skip_if_finished=True)
+        self._write_attrs(job, attrs, constraint, record.artifact_sha256)
+        self.study.tell(job.number, objective_values(self.config, size, accuracy, record.details),
+                        skip_if_finished=True)
 
     def _enqueue_retry(self, job: TrialJob, attempt: int) -> None:
         retry_of = job.retry_of if job.retry_of is not None else job.number

@@ -270,14 +270,19 @@ def register_artifact(session: Any, trial_id: int, blob: bytes, *, filename: str
         blob: the artifact's bytes (their SHA-256 is its id, and its file name in the store).
         filename: the name offered for download, e.g. ``trial-7.crest``.
     """
+    register_artifact_sha(session, trial_id, hashlib.sha256(blob).hexdigest(), filename=filename)
+
+
+def register_artifact_sha(session: Any, trial_id: int, sha256: str, *, filename: str) -> None:
+    """:func:`register_artifact` of an artifact known by its SHA-256 (a trial recorded
+    earlier, told to Optuna only now)."""
     from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
     from optuna.storages._rdb import models
     from sqlalchemy import delete, insert
 
     from crest.storage._models import ArtifactRow
 
-    sha256 = hashlib.sha256(blob).hexdigest()
-    row = session.get(ArtifactRow, sha256)  # in the session already: the trial's record just added it
+    row = session.get(ArtifactRow, sha256)  # in the session already when the trial's record just added it
     if row is None or row.location is None:
         return  # inside the database: no file a dashboard could serve
     key = ARTIFACTS_ATTR_PREFIX + sha256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -63,3 +64,43 @@ def test_a_cpu_sweep_records_device_details_and_minimises_latency(sqlite_url: st
     assert result.exit_code == 0, result.output
     workers = json.loads(result.output)["workers"]
     assert workers["gpu"] == 0 and 1 <= workers["cpu"] <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_complete_trial_recorded_but_not_told_is_told_its_latency_and_lists_its_artifact(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The driver died between crest's row and Optuna's end of the trial (a crest that wrote
+    them in two commits): the next driver tells Optuna the row's objectives, its latency
+    too, and lists its stored artifact in Optuna's artifact metadata."""
+    import optuna
+
+    sweep = {**TINY_SWEEP, "device": "cpu", "objectives": ["size", "latency"], "latency": {"warmup": 1, "repeats": 2},
+             "artifacts": str(tmp_path / "store"), "artifact_inline_max": 0}
+    options = DriverOptions(lease_ttl=10, heartbeat=0.5, poll=0.2)
+    SweepDriver(parse_sweep({**sweep, "n_trials": 1}, overrides={"storage": sqlite_url}), sweep_yaml="",
+                options=options).run()
+    store = Store(sqlite_url, create=False)
+    try:
+        info = store.require_study("tiny")
+        (done,) = store.trials(info.id, state="COMPLETE")
+        blob = store.get_artifact(done.artifact_sha256)  # type: ignore[arg-type]
+        details = {**(done.details or {}), "latency": {**done.details["latency"], "compressed_b1_ms": 1.25}}  # type: ignore[index]
+        study = optuna.load_study(study_name="tiny", storage=store.optuna_storage())
+        orphan = study.ask()
+        store.record_trial(info.id, optuna_trial_id=orphan._trial_id, number=orphan.number, state="COMPLETE",
+                           params={}, attempt=1, blob=blob, accuracy=done.accuracy, accuracy_drop=done.accuracy_drop,
+                           ratio=done.ratio, layers=done.layers, wall_seconds=0.1, device="cpu", details=details)
+    finally:
+        store.close()
+    summary = SweepDriver(parse_sweep({**sweep, "n_trials": 2}, overrides={"storage": sqlite_url}), sweep_yaml="",
+                          options=options).run()
+    assert summary.complete == 2 and summary.ran_this_run == 0
+    store = Store(sqlite_url, create=False)
+    try:
+        told = optuna.load_study(study_name="tiny", storage=store.optuna_storage()).trials[orphan.number]
+    finally:
+        store.close()
+    assert told.state.name == "COMPLETE" and told.values == [float(len(blob)), 1.25]
+    assert f"artifacts:{done.artifact_sha256}" in told.system_attrs
