@@ -32,9 +32,7 @@ from crest.exceptions import CrestError
 __all__ = [
     "check_private_api",
     "copy_trial",
-    "create_running_trial",
     "end_trial",
-    "finish_trial",
     "frozen_trial",
     "insert_running_trial",
     "optuna_study_id",
@@ -105,20 +103,6 @@ def write_trial_attrs(
         ])
 
 
-def create_running_trial(
-    study: optuna.Study, params: dict[str, Any], distributions: dict[str, Any]
-) -> tuple[int, int]:
-    """Create a RUNNING trial of ``study`` holding ``params`` in one commit (what ``ask`` and
-    one ``suggest`` per parameter write in one commit each); returns (trial id, number)."""
-    template = optuna.trial.FrozenTrial(
-        number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-        datetime_complete=None, params=params, distributions=distributions, user_attrs={}, system_attrs={},
-        intermediate_values={}, trial_id=-1,
-    )
-    tid = study._storage.create_new_trial(study._study_id, template_trial=template)
-    return tid, study._storage.get_trial(tid).number
-
-
 def optuna_study_id(study: optuna.Study) -> int:
     """Optuna's storage id of ``study`` (what its trial rows hold in ``study_id``)."""
     return int(study._study_id)
@@ -162,7 +146,8 @@ def insert_running_trial(
     from optuna.distributions import distribution_to_json
 
     sql = _trial_statements()
-    tid = int(session.execute(sql["create"], {"sid": study_id, "start": _utc_naive()}).inserted_primary_key[0])
+    created = session.execute(sql["create"], {"sid": study_id, "start": _utc_naive()})
+    tid = int(created.inserted_primary_key[0])  # type: ignore[attr-defined]
     number = int(session.execute(sql["count"], {"sid": study_id, "tid": tid}).scalar_one())
     session.execute(sql["number"], {"tid": tid, "new_number": number})
     if params:
@@ -207,18 +192,6 @@ def copy_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> tuple[in
     return tid, study._storage.get_trial(tid).number
 
 
-def finish_trial(
-    study: optuna.Study, trial_id: int, state: optuna.trial.TrialState, values: list[float] | None = None
-) -> None:
-    """Set a running trial's end state (and objective values) in one commit, without the
-    sampler's ``after_trial`` (its constraint values are written already, see
-    :func:`write_trial_attrs`); a trial that is finished already is left as it is."""
-    try:
-        study._storage.set_trial_state_values(trial_id, state, values)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        logger.debug("trial id %d was finished already (a retried write whose first commit landed)", trial_id)
-
-
 def _constraints_key() -> str:
     from optuna.samplers._base import _CONSTRAINTS_KEY
 
@@ -260,16 +233,17 @@ def _check_attr_tables() -> None:
 
 
 def _check_trial_copies() -> None:
-    """:func:`create_running_trial`, :func:`copy_trial` and :func:`finish_trial` as crest uses them."""
+    """:func:`copy_trial` as crest uses it: a finished trial copied into another study."""
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
-    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
-    tid, number = create_running_trial(study, {"x": 0.5}, {"x": dist})
-    finish_trial(study, tid, optuna.trial.TrialState.COMPLETE, [1.0])
-    finish_trial(study, tid, optuna.trial.TrialState.COMPLETE, [1.0])
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, 1.0)
     copy = optuna.create_study(storage=optuna.storages.InMemoryStorage())
-    copy_trial(copy, study.trials[0])
+    tid, number = copy_trial(copy, study.trials[0])
     t = copy.trials[0]
-    if (number, t.params, t.values, t.state) != (0, {"x": 0.5}, [1.0], optuna.trial.TrialState.COMPLETE):
+    if (number, trial_id(t), t.params, t.values, t.state) != (
+        0, tid, study.trials[0].params, [1.0], optuna.trial.TrialState.COMPLETE
+    ):
         raise CrestError("Optuna's trial templates no longer behave as crest expects")
 
 

@@ -752,10 +752,10 @@ def _node_check_dict(row: NodeCheckRow) -> dict[str, Any]:
 
 # the fence's statement, built once: every write transaction of a driver runs it
 _FENCE = (
-    update(StudyRow.__table__)
-    .where(StudyRow.__table__.c.id == bindparam("fence_study"),
-           StudyRow.__table__.c.lease_owner == bindparam("fence_owner"))
+    update(StudyRow)
+    .where(StudyRow.id == bindparam("fence_study"), StudyRow.lease_owner == bindparam("fence_owner"))
     .values(lease_owner=bindparam("fence_keep"))
+    .execution_options(synchronize_session=False)  # it sets the value the row holds
 )
 
 
