@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.orm import Session
 
 from crest.config import SweepConfig
 from crest.orchestrator._optuna_private import (
@@ -256,14 +257,16 @@ class TrialLedger:
         attrs, constraint = self._complete_attrs(
             job, size_bytes=out.size_bytes, accuracy=out.accuracy, drop=out.accuracy_drop, ratio=out.ratio
         )
+        def optuna_rows(s: Session) -> None:
+            write_trial_attrs(s, job.trial_id, attrs, constraint, replace=False)
+            register_artifact(s, job.trial_id, out.blob, filename=f"trial-{job.number}.crest")
+            end_trial(s, job.trial_id, TrialState.COMPLETE, values)
+
         self._db(f"recording trial {job.number}", lambda: self._record(
             job, "COMPLETE", node,
             blob=out.blob, accuracy=out.accuracy, accuracy_drop=out.accuracy_drop, ratio=out.ratio,
             layers=out.layers, wall_seconds=out.seconds, transport_bytes=out.transport_bytes,
-            device=out.device, details=out.details or None,
-            also=lambda s: (write_trial_attrs(s, job.trial_id, attrs, constraint, replace=False),
-                            register_artifact(s, job.trial_id, out.blob, filename=f"trial-{job.number}.crest"),
-                            end_trial(s, job.trial_id, TrialState.COMPLETE, values)),
+            device=out.device, details=out.details or None, also=optuna_rows,
         ))
         self.view.finished(job.trial_id, TrialState.COMPLETE, values, constraint)
         self._moved(TrialState.RUNNING, TrialState.COMPLETE)
@@ -283,10 +286,13 @@ class TrialLedger:
         low = job.size.low if job.size is not None else None
         ratio = self._ratio(low)
         attrs, constraint = self._pruned_attrs(job, size_bytes=low, ratio=ratio, reason=stop.reason, curve=job.curve)
+        def optuna_rows(s: Session) -> None:
+            write_trial_attrs(s, job.trial_id, attrs, constraint, replace=False)
+            end_trial(s, job.trial_id, TrialState.PRUNED)
+
         self._db(f"recording trial {job.number}", lambda: self._record(
             job, "PRUNED", node, size_bytes=low, ratio=ratio, wall_seconds=job.busy, reason=stop.reason,
-            also=lambda s: (write_trial_attrs(s, job.trial_id, attrs, constraint, replace=False),
-                            end_trial(s, job.trial_id, TrialState.PRUNED)),
+            also=optuna_rows,
         ))
         self.view.finished(job.trial_id, TrialState.PRUNED, constraint=constraint, curve=job.curve)
         self._moved(TrialState.RUNNING, TrialState.PRUNED)
