@@ -237,6 +237,7 @@ class SweepDriver:
         import ray
 
         if trainer is not None:
+            pool.prestart()  # the other workers import the workload while the baseline trains
             self._train_baseline(store, info, trainer, dense_bytes)
             info = store.require_study(info.name)
             artifacts = self._check_artifacts(store, info)

@@ -112,6 +112,7 @@ class WorkerPool:
         self._nodes: dict[str, _Node] = {}
         self._checks: dict[Any, tuple[str, float]] = {}  # check ref -> (node id, start)
         self._starting: dict[Any, Any] = {}  # load_baseline ref -> actor
+        self._unloaded: list[Any] = []  # workers started before the baseline existed
         self._idle: list[Any] = []
         self._node_of: dict[Any, str] = {}  # live actor -> node id
         self._where: dict[Any, dict[str, Any]] = {}  # started actor -> what it reported
@@ -250,10 +251,27 @@ class WorkerPool:
             raise RuntimeError("set_baseline must be called before load")
         self._starting[actor.load_baseline.remote(*self._baseline)] = actor
 
+    def prestart(self) -> int:
+        """Start workers on passed nodes before the baseline exists (while it trains), so
+        that they have imported the workload by the time it is ready; :meth:`fill` has them
+        load it. Returns how many were started."""
+        targets = self.placement(self._config.workers - len(self._node_of))
+        for node_id in targets:
+            self._unloaded.append(self.new_actor(node_id))
+        if targets:
+            logger.info("starting %d worker(s) on %s while the baseline trains", len(targets),
+                        ", ".join(sorted({n[:8] for n in targets})))
+        return len(targets)
+
     def fill(self) -> int:
-        """Start workers on passed nodes until the pool has ``workers`` (needs the baseline)."""
+        """Start workers on passed nodes until the pool has ``workers`` (needs the baseline);
+        workers from :meth:`prestart` load it first."""
         if self._baseline is None:
             return 0
+        for actor in self._unloaded:
+            if actor in self._node_of:  # not retired meanwhile
+                self.load(actor)
+        self._unloaded.clear()
         targets = self.placement(self._config.workers - len(self._node_of))
         for node_id in targets:
             self.load(self.new_actor(node_id))

@@ -151,3 +151,41 @@ def test_the_baseline_trainer_starts_while_its_node_is_checked_and_stays_only_if
     finally:
         pool.kill_all()
         store.close()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_workers_started_before_the_baseline_load_it_when_it_exists(sqlite_url: str) -> None:
+    """prestart starts the workers the nodes have room for while the baseline trains; fill
+    has them load it, and they become idle workers (real actors, a real baseline)."""
+    import ray
+
+    from crest.config import parse_sweep
+    from crest.orchestrator._pool import WorkerPool
+    from crest.storage import Store
+    from crest.tasks import get_workload, resolve_plan, train_baseline
+
+    cfg = parse_sweep({**TINY_SWEEP, "workers": 2}, overrides={"storage": sqlite_url})
+    workload = get_workload(cfg.workload)
+    model = workload.build_model()
+    plan = resolve_plan(cfg.stages, [n for n, _ in model.named_parameters()],
+                        shapes={n: tuple(p.shape) for n, p in model.named_parameters()})
+    store = Store(sqlite_url, create=True)
+    pool = WorkerPool(cfg, plan, store, store.create_study(cfg, sweep_yaml="").id, [])
+    try:
+        pool.scan_nodes([])
+        pool.wait_for_checks()
+        assert pool.prestart() == 2 and pool.live_count() == 2
+        assert pool.pending() == []  # nothing to load yet
+        blob, accuracy = train_baseline(workload, seed=0)
+        pool.set_baseline(ray.put(blob), accuracy)
+        assert pool.fill() == 0, "the prestarted workers fill the pool"
+        started = []
+        while pool.pending():
+            done, _ = ray.wait(pool.pending(), num_returns=1, timeout=120)
+            assert done, "a prestarted worker did not load the baseline in 120 s"
+            started.append(pool.handle(done[0]))
+        assert [type(e).__name__ for e in started] == ["WorkerStarted", "WorkerStarted"]
+        assert pool.take_idle() is not None and pool.take_idle() is not None
+    finally:
+        pool.kill_all()
+        store.close()
