@@ -69,3 +69,20 @@ def test_crest_gpu_imports_without_heavy_dependencies() -> None:
 
 def test_library_modules_do_not_mention_heavy_imports() -> None:
     assert heavy_imports(REPO / "crest" / "gpu") == []
+
+
+def test_the_node_check_imports_without_the_driver_s_dependencies() -> None:
+    """The decoder check's Ray task imports ``crest.orchestrator._nodecheck``: the package
+    imports lazily, so the check needs no Optuna, SQLAlchemy, torch or Ray of its own."""
+    out = run_blocked(
+        """
+        from crest.orchestrator._nodecheck import check_node
+
+        row = check_node([], node_id="n")
+        assert row["passed"] and row["mode"] == "cpu", row
+        loaded = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
+        assert not loaded, loaded
+        print("OK", sorted(m for m in sys.modules if m.startswith("crest.orchestrator")))
+        """
+    )
+    assert out.startswith("OK") and "crest.orchestrator._driver" not in out
