@@ -16,15 +16,15 @@ if TYPE_CHECKING:
     from crest.orchestrator._reports import DriverOptions, Progress, SweepSummary
     from crest.orchestrator._worker import TrialWorker
 
-__all__ = ["SweepDriver", "DriverOptions", "Progress", "SweepSummary", "TrialWorker"]
-
-_WHERE = {
+_WHERE = {  # public name -> the module that defines it
     "SweepDriver": "crest.orchestrator._driver",
     "DriverOptions": "crest.orchestrator._reports",
     "Progress": "crest.orchestrator._reports",
     "SweepSummary": "crest.orchestrator._reports",
     "TrialWorker": "crest.orchestrator._worker",
 }
+
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

@@ -237,8 +237,8 @@ class WorkerPool:
         """Kill a worker that is not to run trials (its node failed the check)."""
         import ray
 
-        self._node_of.pop(actor, None)
-        logger.info("the baseline's trainer is not kept as a worker: its node failed the decoder check")
+        node_id = self._node_of.pop(actor, "?")
+        logger.info("retiring a worker on node %s: the node failed the decoder check", node_id[:8])
         ray.kill(actor, no_restart=True)  # as kill_all does: a dead actor is no error
 
     def set_baseline(self, blob_ref: Any, accuracy: float) -> None:
