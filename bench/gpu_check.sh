@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one script to run on a GPU machine: tests/format and tests/gpu (the format, then the
-# CPU, emulator and GPU tests of the decoder), then the GPU benchmark, then the trial
+# CPU, emulator and GPU tests of the decoder) and crest's Adam against torch's on CUDA,
+# then the GPU benchmark, then the trial
 # pipeline in-process (bench/gpu_pipeline.py: 8 fixed trials of a built-in workload on
 # cuda, the same 8 on the CPU, every GPU decode checked against NumPy). Writes
 # $OUT/gpu_env.log, $OUT/gpu_tests.log, $OUT/gpu_bench.log, $OUT/gpu_decode.json,
@@ -36,7 +37,8 @@ for name in ("numpy", "cupy", "torch", "hypothesis", "pytest", "mlxtend", "sklea
 PY
 } 2>&1 | tee "$OUT/gpu_env.log"
 
-timeout 270 "$PYTHON" -m pytest tests/format tests/gpu -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 270 "$PYTHON" -m pytest tests/format tests/gpu "tests/tasks/test_adam.py::test_matches_torch_adam_on_cuda" \
+  -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 timeout 300 "$PYTHON" bench/gpu_decode.py --out "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_bench.log"
 bench_rc=${PIPESTATUS[0]}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crest.tasks._adam import Adam
 from crest.tasks._train import fit_epoch_steps
 from crest.tasks._workload import Workload
 
@@ -83,7 +84,7 @@ def finetune_centroids(
             v.grad = summed[1:]
             params[n].grad = None
 
-    opt = torch.optim.Adam([*values.values(), *others], lr=lr)
+    opt = Adam([*values.values(), *others], lr=lr)
     write()
     for _ in fit_epoch_steps(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
                              distill_weight=distill_weight, temperature=temperature,

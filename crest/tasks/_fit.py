@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from crest.exceptions import WorkloadError
+from crest.tasks._adam import Adam
 from crest.tasks._train import batch_loss, batches, fit_epoch_steps
 from crest.tasks._workload import Workload
 
@@ -128,7 +129,7 @@ def default_fit(model: nn.Module, ctx: FitContext) -> None:
     passes of :meth:`FitContext.batches`, with masked gradients zeroed and
     :meth:`FitContext.after_step` after every step. (A trial of a workload without ``fit``
     runs this loop one epoch at a time, so it can report a score after each.)"""
-    opt = torch.optim.Adam(model.parameters(), lr=ctx.lr)
+    opt = Adam(model.parameters(), lr=ctx.lr)
     for _ in fit_epoch_steps(model, ctx.workload, opt, epochs=ctx.epochs, seed=ctx.seed, held=ctx.masks,
                              teacher=ctx.teacher, distill_weight=ctx.distill_weight,
                              temperature=ctx.temperature, after_step=ctx.after_step):

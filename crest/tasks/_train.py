@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from crest.exceptions import WorkloadError
+from crest.tasks._adam import Adam
 from crest.tasks._device import to_device
 from crest.tasks._workload import DataSource, Workload
 
@@ -165,7 +166,7 @@ def train_epochs(
     for name, m in held.items():
         with torch.no_grad():
             params[name].mul_(m)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = Adam(model.parameters(), lr=lr)
     yield from fit_epoch_steps(model, workload, opt, epochs=epochs, seed=seed, held=held, teacher=teacher,
                                distill_weight=distill_weight, temperature=temperature)
 
@@ -173,7 +174,7 @@ def train_epochs(
 def fit_epoch_steps(
     model: nn.Module,
     workload: Workload,
-    opt: torch.optim.Optimizer,
+    opt: Adam | torch.optim.Optimizer,
     *,
     epochs: int,
     seed: int,
