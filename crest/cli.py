@@ -210,12 +210,17 @@ def _driver_options(lease_ttl: float) -> Any:
 def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> None:
     from crest._progress import ProgressPrinter
     from crest.config import DEFAULT_STORAGE
-    from crest.orchestrator import SweepDriver
+    from crest.orchestrator._cluster import RayStart
 
-    printer = ProgressPrinter(enabled=not quiet)
-    driver = SweepDriver(config, sweep_yaml=text, options=_driver_options(lease_ttl), on_progress=printer.update)
+    # Ray's processes start while the driver's imports (Optuna, SQLAlchemy, torch) run
+    ray_start = RayStart.of(config)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
+        from crest.orchestrator import SweepDriver
+
+        printer = ProgressPrinter(enabled=not quiet)
+        driver = SweepDriver(config, sweep_yaml=text, options=_driver_options(lease_ttl), on_progress=printer.update,
+                             ray_start=ray_start)
         with printer:
             summary = driver.run()
     except KeyboardInterrupt:
@@ -227,6 +232,7 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
         )
         raise typer.Exit(130) from None
     finally:
+        ray_start.stop()  # the driver stopped it already, unless it failed before its start
         signal.signal(signal.SIGTERM, previous)
     typer.echo(
         f"study '{summary.study}': {summary.complete} complete trials"

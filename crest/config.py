@@ -395,11 +395,14 @@ class EarlyStopping(_Strict):
 
 class RayOptions(_Strict):
     """Where and how the workers run; ``gpus_per_worker`` may be a fraction (0.25: four
-    workers share one GPU) or a whole number."""
+    workers share one GPU) or a whole number. ``local``: how a local Ray (no ``address``)
+    starts: ``lean`` (default) without the processes crest does not use (the autoscaler
+    monitor, the log monitor, the dashboard's API server), ``full`` as ``ray.init`` does."""
 
     address: str | None = None
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0, le=64)
+    local: Literal["lean", "full"] = "lean"
 
     @field_validator("gpus_per_worker")
     @classmethod

@@ -25,12 +25,14 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import optuna
+import torch
 
 from crest.config import SweepConfig
 from crest.exceptions import ConfigError, StorageError, SweepError
-from crest.orchestrator._cluster import connect, disconnect
-from crest.orchestrator._ledger import TrialLedger
+from crest.orchestrator._baseline import LocalBaseline
+from crest.orchestrator._cluster import RayStart
 from crest.orchestrator._lease import LeaseKeeper
+from crest.orchestrator._ledger import TrialLedger
 from crest.orchestrator._loop import RunContext
 from crest.orchestrator._pool import WorkerPool, short_error
 from crest.orchestrator._reports import DriverOptions, Progress, SweepSummary
@@ -39,7 +41,15 @@ from crest.orchestrator._space import directions, make_sampler
 from crest.orchestrator._sweep_loop import SweepLoop
 from crest.report import write_study_note
 from crest.storage import Store, StudyInfo, lease_owner_id
-from crest.tasks import dense_fp32_bytes, embedding_tables, get_workload, prunable_layers, resolve_plan
+from crest.tasks import (
+    TrialPlan,
+    Workload,
+    dense_fp32_bytes,
+    embedding_tables,
+    get_workload,
+    prunable_layers,
+    resolve_plan,
+)
 
 __all__ = ["SweepDriver"]
 
@@ -54,6 +64,8 @@ class SweepDriver:
         sweep_yaml: the sweep file's text as given (stored with a new study).
         options: driver knobs.
         on_progress: called with a :class:`Progress` after every event and poll.
+        ray_start: Ray's start, begun by the caller from this config (the CLI begins it
+            before importing the driver); the first run uses and stops it.
 
     Raises (from :meth:`run`):
         ConfigError, WorkloadError: before anything is written.
@@ -68,6 +80,7 @@ class SweepDriver:
         sweep_yaml: str,
         options: DriverOptions | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        ray_start: RayStart | None = None,
     ) -> None:
         if config.storage is None:
             raise ConfigError("storage: no database URL given")
@@ -77,6 +90,7 @@ class SweepDriver:
         self.options = options or DriverOptions()
         self.on_progress = on_progress or (lambda _p: None)
         self.owner = lease_owner_id()
+        self._ray_start = ray_start
 
     def run(self) -> SweepSummary:
         """Launch or resume the study and run it to ``n_trials`` complete trials."""
@@ -126,19 +140,22 @@ class SweepDriver:
 
     @contextmanager
     def _session(self, *, for_sensitivity: bool) -> Iterator[RunContext]:
-        """Everything a run needs, set up in order and torn down in reverse."""
+        """Everything a run needs, set up in order and torn down in reverse.
+
+        Ray starts first, on a thread (:class:`RayStart`): its processes come up while the
+        workload is imported, the database opened and, for a new study on this host's CPU,
+        the baseline trained (see :meth:`_trains_here`; it starts on a read made before
+        the lease, and is not used if the study turns out to have one)."""
         cfg = self.config
-        workload = get_workload(cfg.workload, search_path=list(self.options.search_path))
-        model = workload.build_model()
-        named = list(model.named_parameters())
-        plan = resolve_plan(
-            cfg.stages,
-            [n for n, _ in named],
-            shapes={n: tuple(p.shape) for n, p in named},
-            sensitivity=None if for_sensitivity else self._stored_sensitivity(),
-            embeddings=embedding_tables(model),
-        )
+        t0 = time.monotonic()
         with ExitStack() as stack:
+            ray_start, self._ray_start = self._ray_start or RayStart.of(cfg), None
+            stack.callback(ray_start.stop)
+            workload = get_workload(cfg.workload, search_path=list(self.options.search_path))
+            model = workload.build_model()
+            sensitivity, has_baseline = self._stored_state()
+            plan = self._plan(model, None if for_sensitivity else sensitivity)
+            local = self._local_baseline(workload) if not has_baseline else None
             store = Store(self.storage_url, create=True)
             stack.callback(store.close)
             info = self._take_study(store)
@@ -146,39 +163,82 @@ class SweepDriver:
             lease.start()
             stack.callback(lease.release)
             info = self._update_study(store, info)
-            t_ray = time.monotonic()
-            started_ray = connect(cfg.ray.address, cpus_needed=cfg.workers * cfg.ray.cpus_per_worker)
-            stack.callback(disconnect, started_ray)
-            t0 = time.monotonic()
-            logger.info("start-up: Ray took %.2f s", t0 - t_ray)
+            if local is not None and info.baseline_sha256 is not None:
+                logger.info("study '%s' has a baseline already: the one trained here is not used", info.name)
+                local = None
+            self._wait_for_ray(ray_start)
             pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
             stack.callback(pool.kill_all)
             artifacts = self._check_artifacts(store, info)
             pool.scan_nodes(artifacts)
-            # a new study's baseline trainer starts while the decoder checks run
-            trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None else None
+            # a new study's baseline trainer and the other workers start while the decoder checks run
+            trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None and local is None else None
+            pool.prestart(checking=True, limit=None if local is None else self._spare_workers(local))
             self._check_nodes(store, info, pool)
-            info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model), trainer)
+            info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model),
+                                                  trainer or local)
             yield RunContext(
                 store, info, plan, pool, lease, artifacts, prunable_layers(model), self.options, self.on_progress, t0,
                 embeddings=embedding_tables(model),
             )
 
-    def _stored_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
-        """The study's sensitivity table, read without creating anything; {} when none."""
+    def _plan(self, model: torch.nn.Module, sensitivity: dict[str, list[tuple[float, float]]] | None) -> TrialPlan:
+        """The sweep's stages resolved against ``model``'s parameters."""
+        named = list(model.named_parameters())
+        plan: TrialPlan = resolve_plan(
+            self.config.stages,
+            [n for n, _ in named],
+            shapes={n: tuple(p.shape) for n, p in named},
+            sensitivity=sensitivity,
+            embeddings=embedding_tables(model),
+        )
+        return plan
+
+    def _local_baseline(self, workload: Workload) -> LocalBaseline | None:
+        """The baseline's training in this process, begun now, when :meth:`_trains_here`."""
+        if not self._trains_here():
+            return None
+        return LocalBaseline(workload, self.config.seed, threads=max(1, int(self.config.ray.cpus_per_worker)))
+
+    def _spare_workers(self, local: LocalBaseline) -> int:
+        """Workers to start while the baseline trains here: as many as the CPUs it leaves
+        free hold (at least one), so that they do not slow the training down; the rest
+        start when it is done."""
+        return max(1, int(local.cpus_spare() // self.config.ray.cpus_per_worker))
+
+    @staticmethod
+    def _wait_for_ray(ray_start: RayStart) -> None:
+        """Wait for Ray's start (begun before the driver's own set-up) and log its parts."""
+        t_wait = time.monotonic()
+        ray_start.result()
+        logger.info("start-up: Ray took %.2f s (the driver waited %.2f s for it)",
+                    ray_start.seconds, time.monotonic() - t_wait)
+
+    def _trains_here(self) -> bool:
+        """Whether a new study's baseline trains in the driver while Ray starts: when a
+        worker would train it on this host's CPU anyway (no Ray address, no GPUs per
+        worker, device ``auto`` or ``cpu``), with the worker's thread count, so that it is
+        the same baseline. Otherwise (a cluster, GPU workers) a worker trains it."""
+        cfg = self.config
+        return cfg.ray.address is None and not cfg.ray.gpus_per_worker and cfg.device in ("auto", "cpu")
+
+    def _stored_state(self) -> tuple[dict[str, list[tuple[float, float]]], bool]:
+        """What the database holds of the study, read without creating anything or taking
+        its lease: its sensitivity table ({} when none) and whether it has a baseline."""
         try:
             store = Store(self.storage_url, create=False, upgrade=True)
         except StorageError as e:
-            logger.debug("no sensitivity table: %s", e)
-            return {}
+            logger.debug("nothing stored yet: %s", e)
+            return {}, False
         try:
             info = store.get_study(self.config.study)
             if info is None:
-                return {}
-            return {
+                return {}, False
+            table = {
                 layer: [(sparsity, drop) for sparsity, _, drop in points]
                 for layer, points in store.sensitivity(info.id).items()
             }
+            return table, info.baseline_sha256 is not None
         finally:
             store.close()
 
@@ -229,7 +289,9 @@ class SweepDriver:
         self, store: Store, info: StudyInfo, pool: WorkerPool, artifacts: list[bytes], dense_bytes: int,
         trainer: Any = None,
     ) -> tuple[StudyInfo, list[bytes]]:
-        """Train the baseline on ``trainer`` if the study has none, then start the workers.
+        """Wait for the baseline if the study has none (``trainer``: a worker actor training
+        it, or a :class:`LocalBaseline`), then have the workers load it (those started
+        ahead of it, more if the pool has room).
 
         Returns:
             the study's row and its artifacts, updated when the baseline was trained now.
@@ -237,13 +299,12 @@ class SweepDriver:
         import ray
 
         if trainer is not None:
-            pool.prestart()  # the other workers import the workload while the baseline trains
             self._train_baseline(store, info, trainer, dense_bytes)
             info = store.require_study(info.name)
             artifacts = self._check_artifacts(store, info)
         baseline_blob = store.get_artifact(info.baseline_sha256)  # type: ignore[arg-type]
         pool.set_baseline(ray.put(baseline_blob), float(info.baseline_accuracy))  # type: ignore[arg-type]
-        if trainer is not None:
+        if trainer is not None and not isinstance(trainer, LocalBaseline):
             if pool.node_passed(trainer):  # the worker that trained the baseline stays a worker
                 pool.load(trainer)
             else:
@@ -265,14 +326,18 @@ class SweepDriver:
         return pool.new_actor(room[0])
 
     def _train_baseline(self, store: Store, info: StudyInfo, trainer: Any, dense_bytes: int) -> None:
-        """Train the study's baseline on ``trainer`` and store it."""
+        """Wait for the study's baseline from ``trainer`` (a worker actor, or a
+        :class:`LocalBaseline` already training) and store it."""
         import ray
 
         cfg = self.config
         self.on_progress(Progress(info.name, info.n_trials, message="training the baseline"))
         t0 = time.monotonic()
         try:
-            blob, accuracy = ray.get(trainer.train_baseline.remote(cfg.seed))
+            if isinstance(trainer, LocalBaseline):
+                blob, accuracy = trainer.result()
+            else:
+                blob, accuracy = ray.get(trainer.train_baseline.remote(cfg.seed))
         except ray.exceptions.RayError as e:
             raise SweepError(f"the baseline could not be trained: {short_error(e)}") from e
         store.set_baseline(info.id, blob, accuracy=accuracy, dense_bytes=dense_bytes)

@@ -251,26 +251,33 @@ class WorkerPool:
             raise RuntimeError("set_baseline must be called before load")
         self._starting[actor.load_baseline.remote(*self._baseline)] = actor
 
-    def prestart(self) -> int:
-        """Start workers on passed nodes before the baseline exists (while it trains), so
-        that they have imported the workload by the time it is ready; :meth:`fill` has them
-        load it. Returns how many were started."""
-        targets = self.placement(self._config.workers - len(self._node_of))
+    def prestart(self, *, checking: bool = False, limit: int | None = None) -> int:
+        """Start workers before they can load the baseline (while it trains, or while the
+        decoder checks run), so that they have imported the workload by the time
+        :meth:`fill` has them load it. With ``checking``, nodes whose check still runs get
+        workers too; :meth:`fill` retires those whose node then failed. ``limit``: at most
+        this many (:meth:`fill` starts the rest). Returns how many were started."""
+        wanted = self._config.workers - len(self._node_of)
+        targets = self.placement(wanted if limit is None else min(wanted, limit), checking=checking)
         for node_id in targets:
             self._unloaded.append(self.new_actor(node_id))
         if targets:
-            logger.info("starting %d worker(s) on %s while the baseline trains", len(targets),
+            logger.info("starting %d worker(s) on %s ahead of the baseline", len(targets),
                         ", ".join(sorted({n[:8] for n in targets})))
         return len(targets)
 
     def fill(self) -> int:
         """Start workers on passed nodes until the pool has ``workers`` (needs the baseline);
-        workers from :meth:`prestart` load it first."""
+        workers from :meth:`prestart` load it first, or are retired if their node failed."""
         if self._baseline is None:
             return 0
         for actor in self._unloaded:
-            if actor in self._node_of:  # not retired meanwhile
+            if actor not in self._node_of:  # retired meanwhile
+                continue
+            if self.node_passed(actor):
                 self.load(actor)
+            else:
+                self.retire(actor)
         self._unloaded.clear()
         targets = self.placement(self._config.workers - len(self._node_of))
         for node_id in targets:

@@ -170,7 +170,7 @@ class SweepLoop(EventLoop):
                 self.submit(actor.start.remote(job.params, job.seed, meta, self.policy.wants_scores), job)
             self.queues.setdefault(actor, []).append(job)
             if not self.state.ran:
-                logger.info("start-up: the first trial was sent %.2f s after Ray started", time.monotonic() - self.t0)
+                logger.info("start-up: the first trial was sent %.2f s after the driver began", time.monotonic() - self.t0)
             self.state.ran += 1
             self.state.changed = True
 

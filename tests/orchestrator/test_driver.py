@@ -278,3 +278,29 @@ def test_sensitivity_table_bounds_a_later_sweep(sqlite_url: str) -> None:
             assert low <= t.params["prune/fc1.weight/sparsity"] <= high
     finally:
         store.close()
+
+
+def test_a_local_study_trains_its_baseline_in_the_driver_and_a_later_run_keeps_it(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Ray address and CPU workers: the baseline trains in the driver while Ray starts.
+    When the read made before the lease missed a baseline that the study has (another
+    driver stored it meanwhile), the stored one is kept and the local one is not used."""
+    with caplog.at_level("INFO", logger="crest"):
+        _run(sqlite_url, n_trials=1)
+    assert "training the baseline in the driver" in caplog.text
+    store = Store(sqlite_url, create=False)
+    stored = store.require_study("tiny").baseline_sha256
+    store.close()
+    assert stored is not None
+    caplog.clear()
+    monkeypatch.setattr(SweepDriver, "_stored_state", lambda self: ({}, False))  # the stale read
+    with caplog.at_level("INFO", logger="crest"):
+        summary, _ = _run(sqlite_url, n_trials=2)
+    assert summary.complete == 2
+    assert "has a baseline already: the one trained here is not used" in caplog.text
+    store = Store(sqlite_url, create=False)
+    try:
+        assert store.require_study("tiny").baseline_sha256 == stored
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,23 +110,28 @@ def test_three_node_cluster_gets_one_check_per_node_and_workers_only_where_they_
     assert len({row["node"].split("/")[1] for row in best}) <= 2
 
 
+def _pool(sqlite_url: str, **changes: Any) -> tuple[Any, Any]:
+    """A real worker pool of the tiny sweep on a new study (Ray from ``ray_local``), and its store."""
+    from crest.config import parse_sweep
+    from crest.orchestrator._pool import WorkerPool
+    from crest.storage import Store
+    from crest.tasks import get_workload, resolve_plan
+
+    cfg = parse_sweep({**TINY_SWEEP, **changes}, overrides={"storage": sqlite_url})
+    model = get_workload(cfg.workload).build_model()
+    plan = resolve_plan(cfg.stages, [n for n, _ in model.named_parameters()],
+                        shapes={n: tuple(p.shape) for n, p in model.named_parameters()})
+    store = Store(sqlite_url, create=True)
+    return WorkerPool(cfg, plan, store, store.create_study(cfg, sweep_yaml="").id, []), store
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_the_baseline_trainer_starts_while_its_node_is_checked_and_stays_only_if_it_passes(sqlite_url: str) -> None:
     """The driver places the baseline's trainer on a node whose check still runs; the
     trainer becomes a worker only if that node passes, else it is retired (killed)."""
     import ray
 
-    from crest.config import parse_sweep
-    from crest.orchestrator._pool import WorkerPool
-    from crest.storage import Store
-    from crest.tasks import get_workload, resolve_plan
-
-    cfg = parse_sweep(TINY_SWEEP, overrides={"storage": sqlite_url})
-    model = get_workload(cfg.workload).build_model()
-    plan = resolve_plan(cfg.stages, [n for n, _ in model.named_parameters()],
-                        shapes={n: tuple(p.shape) for n, p in model.named_parameters()})
-    store = Store(sqlite_url, create=True)
-    pool = WorkerPool(cfg, plan, store, store.create_study(cfg, sweep_yaml="").id, [])
+    pool, store = _pool(sqlite_url)
     try:
         assert pool.placement(1) == [] and pool.placement(1, checking=True) == []  # no node seen yet
         assert pool.scan_nodes([]) == 1
@@ -159,24 +165,15 @@ def test_workers_started_before_the_baseline_load_it_when_it_exists(sqlite_url: 
     has them load it, and they become idle workers (real actors, a real baseline)."""
     import ray
 
-    from crest.config import parse_sweep
-    from crest.orchestrator._pool import WorkerPool
-    from crest.storage import Store
-    from crest.tasks import get_workload, resolve_plan, train_baseline
+    from crest.tasks import get_workload, train_baseline
 
-    cfg = parse_sweep({**TINY_SWEEP, "workers": 2}, overrides={"storage": sqlite_url})
-    workload = get_workload(cfg.workload)
-    model = workload.build_model()
-    plan = resolve_plan(cfg.stages, [n for n, _ in model.named_parameters()],
-                        shapes={n: tuple(p.shape) for n, p in model.named_parameters()})
-    store = Store(sqlite_url, create=True)
-    pool = WorkerPool(cfg, plan, store, store.create_study(cfg, sweep_yaml="").id, [])
+    pool, store = _pool(sqlite_url, workers=2)
     try:
         pool.scan_nodes([])
         pool.wait_for_checks()
         assert pool.prestart() == 2 and pool.live_count() == 2
         assert pool.pending() == []  # nothing to load yet
-        blob, accuracy = train_baseline(workload, seed=0)
+        blob, accuracy = train_baseline(get_workload("tiny-digits"), seed=0)
         pool.set_baseline(ray.put(blob), accuracy)
         assert pool.fill() == 0, "the prestarted workers fill the pool"
         started = []
@@ -186,6 +183,27 @@ def test_workers_started_before_the_baseline_load_it_when_it_exists(sqlite_url: 
             started.append(pool.handle(done[0]))
         assert [type(e).__name__ for e in started] == ["WorkerStarted", "WorkerStarted"]
         assert pool.take_idle() is not None and pool.take_idle() is not None
+    finally:
+        pool.kill_all()
+        store.close()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_workers_started_while_their_node_is_checked_are_retired_if_it_fails(sqlite_url: str) -> None:
+    """prestart(checking=True) starts workers before the node's check ends (the driver does,
+    right after Ray is up); fill retires those whose node then failed, and starts none there."""
+    import ray
+
+    pool, store = _pool(sqlite_url, workers=2)
+    try:
+        assert pool.scan_nodes([]) == 1
+        (node,) = pool.placement(1, checking=True)  # its check runs (passed only once the pool reads it)
+        assert pool.prestart() == 0, "without checking, a node still being checked gets no worker"
+        assert pool.prestart(checking=True) == 2 and pool.live_count() == 2
+        pool.wait_for_checks()
+        pool._nodes[node].passed = False  # what a failed check leaves
+        pool.set_baseline(ray.put(b"unused"), 0.5)
+        assert pool.fill() == 0 and pool.live_count() == 0 and pool.pending() == []
     finally:
         pool.kill_all()
         store.close()

@@ -1,0 +1,68 @@
+"""A new study's baseline, trained in the driver on a thread while Ray starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from crest.exceptions import CrestError, SweepError
+from crest.tasks import Workload, train_baseline
+
+__all__ = ["LocalBaseline"]
+
+logger = logging.getLogger(__name__)
+
+
+class LocalBaseline:
+    """Trains and encodes ``workload``'s dense baseline on the CPU, on a thread begun at
+    construction, with ``threads`` torch intra-op threads (a worker's count, so that the
+    baseline is the one a worker on this host would train).
+
+    torch's thread count is process-wide: it is set for the training and put back after.
+    The thread is a daemon: a driver that fails meanwhile does not wait for it.
+    """
+
+    def __init__(self, workload: Workload, seed: int, *, threads: int) -> None:
+        self._workload, self._seed, self._threads = workload, seed, threads
+        self._out: tuple[bytes, float] | None = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0  # how long the training took
+        self._thread = threading.Thread(target=self._run, name="crest-baseline", daemon=True)
+        self._thread.start()
+        logger.info("training the baseline in the driver (%d thread(s)) while Ray starts", threads)
+
+    def _run(self) -> None:
+        import torch
+
+        began = time.monotonic()
+        before = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
+        try:
+            self._out = train_baseline(self._workload, seed=self._seed, device="cpu")
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread by result()
+            self._error = e
+        finally:
+            torch.set_num_threads(before)
+            self.seconds = time.monotonic() - began
+
+    def cpus_spare(self) -> int:
+        """This host's CPUs that the training leaves free (its CPUs less its threads)."""
+        return max(0, (os.cpu_count() or 1) - self._threads)
+
+    def result(self) -> tuple[bytes, float]:
+        """Wait for the baseline: (artifact bytes, score).
+
+        Raises:
+            CrestError: the workload's own error (a WorkloadError, ...).
+            SweepError: any other failure of the training.
+        """
+        self._thread.join()
+        if isinstance(self._error, CrestError):
+            raise self._error
+        if self._error is not None:
+            raise SweepError(f"the baseline could not be trained: {type(self._error).__name__}: {self._error}") \
+                from self._error
+        assert self._out is not None
+        return self._out

@@ -1,0 +1,151 @@
+"""A local sweep's start: Ray on a thread, the baseline in the driver, a lean local Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from crest.exceptions import SweepError, WorkloadError
+from crest.orchestrator._baseline import LocalBaseline
+from crest.orchestrator._ray_private import SKIPPED, check_private_api, lean_local_start
+from crest.tasks import Workload, get_workload
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_baseline_trained_in_the_driver_is_the_one_a_worker_trains() -> None:
+    """Same seed, same thread count: the same bytes, whichever process trains it (so a
+    local study's baseline does not depend on where it was trained)."""
+    import ray
+
+    from crest.orchestrator._worker import TrialWorker
+
+    threads_before = torch.get_num_threads()
+    local = LocalBaseline(get_workload("tiny-digits"), 3, threads=1)
+    actor = ray.remote(TrialWorker).options(num_cpus=1).remote("tiny-digits", None, [], 1)  # type: ignore[attr-defined]
+    try:
+        remote_blob, remote_acc = ray.get(actor.train_baseline.remote(3), timeout=300)
+    finally:
+        ray.kill(actor)
+    blob, acc = local.result()
+    assert blob == remote_blob and acc == remote_acc
+    assert acc > 0.5 and local.seconds > 0
+    assert torch.get_num_threads() == threads_before, "torch's thread count is put back"
+
+
+def _broken_workload() -> Workload:
+    base = get_workload("tiny-digits")
+
+    def fail() -> torch.nn.Module:
+        raise RuntimeError("no model today")
+
+    return replace(base, name="broken", build_model=fail)
+
+
+def test_a_failed_local_baseline_is_a_sweep_error_naming_the_cause() -> None:
+    with pytest.raises(SweepError, match="the baseline could not be trained: RuntimeError: no model today"):
+        LocalBaseline(_broken_workload(), 0, threads=1).result()
+
+
+def test_a_workload_error_in_the_local_baseline_stays_a_workload_error() -> None:
+    base = get_workload("tiny-digits")
+
+    def fail() -> torch.nn.Module:
+        raise WorkloadError("the workload says no")
+
+    broken = replace(base, name="broken", build_model=fail)
+    with pytest.raises(WorkloadError, match="the workload says no"):
+        LocalBaseline(broken, 0, threads=1).result()
+
+
+def test_the_installed_ray_has_what_the_lean_start_replaces() -> None:
+    check_private_api()  # fails when a Ray release renames them: update _ray_private.py
+
+
+def test_the_lean_start_puts_rays_methods_back_even_after_an_error() -> None:
+    from ray._private.node import Node
+
+    before = {name: Node.__dict__[name] for name in SKIPPED}
+    with pytest.raises(KeyError), lean_local_start() as lean:
+        assert lean is True
+        assert all(Node.__dict__[name] is not before[name] for name in SKIPPED)
+        raise KeyError("boom")
+    assert {name: Node.__dict__[name] for name in SKIPPED} == before
+
+
+START_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from crest._reaper import descendants
+    from crest.orchestrator._cluster import RayStart
+
+    def cmdline(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    start = RayStart(None, cpus_needed=1, lean=sys.argv[1] == "lean")
+    started = start.result()
+    time.sleep(1.0)  # the starting thread must keep Ray's processes alive after the start
+    import ray
+
+    @ray.remote
+    def square(x):
+        return x * x
+
+    answer = ray.get(square.remote(7), timeout=60)
+    names = [cmdline(p) for p in descendants(os.getpid())]
+    start.stop()
+    start.stop()  # a second stop does nothing
+    time.sleep(0.5)
+    left = [p for p in descendants(os.getpid()) if cmdline(p)]  # a zombie has an empty command line
+    print(json.dumps({"started": started, "answer": answer, "names": names, "left": left,
+                      "seconds": start.seconds}))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["lean", "full"])
+def test_ray_started_on_a_thread_serves_the_driver_and_stops(tmp_path: Path, mode: str) -> None:
+    (tmp_path / "start.py").write_text(START_SCRIPT)
+    run = subprocess.run([sys.executable, "start.py", mode], cwd=tmp_path, check=False, capture_output=True,
+                         text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["started"] is True and out["answer"] == 49 and out["seconds"] > 0
+    names = "\n".join(out["names"])
+    assert "gcs_server" in names and "raylet" in names
+    skipped = ["autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py"]
+    if mode == "lean":
+        assert not [s for s in skipped if s in names], names
+    else:
+        assert all(s in names for s in skipped), names
+    assert out["left"] == [], "Ray's processes outlived stop()"
+    assert "SIGTERM handler is not set" not in run.stderr
+
+
+def test_a_ray_start_that_fails_raises_in_the_caller() -> None:
+    code = textwrap.dedent(
+        """
+        from crest.exceptions import SweepError
+        from crest.orchestrator._cluster import RayStart
+        start = RayStart("nohost", cpus_needed=1)
+        try:
+            start.result()
+        except SweepError as e:
+            print(e)
+        start.stop()  # nothing was started: nothing to stop, no error
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "cannot connect to the Ray cluster at nohost" in run.stdout
