@@ -20,13 +20,16 @@ Variants, interleaved (each repeat runs every variant once, the order rotated):
 
 - ``lean``: the default (``ray: {local: lean}``): a local Ray without the autoscaler
   monitor, the log monitor and the dashboard's API server;
-- ``full``: ``ray: {local: full}``, Ray started as ``ray.init`` starts it.
+- ``full``: ``ray: {local: full}``, Ray started as ``ray.init`` starts it;
+- ``before`` (with ``--before PATH``): crest from another source tree, e.g. the commit
+  before this work (``git worktree add /tmp/crest-before 70ef2ff``), with its own
+  defaults; its log names fewer parts.
 
 Also, in the same run and interleaved, ``ray.init`` alone (``ray_init_lean`` /
 ``ray_init_full``): a fresh process that imports Ray, times
 ``crest.orchestrator._cluster.connect`` of a local Ray, and stops it.
 
-Run: ``python bench/startup.py [--repeats 5] [--out bench/results/startup.json]``; about
+Run: ``python bench/startup.py [--repeats 5] [--before PATH] [--out bench/results/startup.json]``; about
 20 s per launch. Prints a table and writes the JSON (machine, crest's git commit, every
 run, medians, the goal).
 """
@@ -78,9 +81,10 @@ disconnect(started)
 """
 
 
-def env() -> dict[str, str]:
+def env(tree: Path = REPO) -> dict[str, str]:
+    """The environment of a launch: crest imported from ``tree``."""
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+            "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def log_times(log: Path) -> dict[str, float]:
@@ -135,17 +139,20 @@ class CpuClock:
         return at(end) - at(start)
 
 
-def launch(variant: str, root: Path) -> dict[str, Any]:
+def launch(variant: str, root: Path, before: Path | None = None) -> dict[str, Any]:
     """One quick-start launch with ``variant``; its start-up and parts (s after Popen)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=root))
     sweep = yaml.safe_load(SWEEP.read_text())
-    sweep.update(n_trials=TRIALS, ray={"local": variant})
+    sweep.update(n_trials=TRIALS)
+    if variant != "before":
+        sweep.update(ray={"local": variant})
     (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     load_before = os.getloadavg()[0]
     with CpuClock() as cpu:
         launched = time.time()
         done = subprocess.run([sys.executable, "-m", "crest", "--log-level", "info", "--log-file", "driver.log",
-                               "launch", "sweep.yaml", "-q"], cwd=workdir, env=env(), capture_output=True, text=True,
+                               "launch", "sweep.yaml", "-q"], cwd=workdir,
+                              env=env(before if variant == "before" and before else REPO), capture_output=True, text=True,
                               timeout=TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{variant}: crest exited with {done.returncode}:\n{done.stderr[-3000:]}")
@@ -167,6 +174,11 @@ def ray_only(variant: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"ray.init ({variant}) exited with {done.returncode}:\n{done.stderr[-3000:]}")
     return {"ray_init_s": float(done.stdout.strip().splitlines()[-1])}
+
+
+def _git_head(tree: Path) -> dict[str, str]:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False)
+    return {"git_head": done.stdout.strip()}
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -192,7 +204,9 @@ def table(s: dict[str, Any]) -> str:
     head = ("| variant | start-up s (range) | Ray up | baseline stored | first trial sent | Ray's start | "
             "driver waited for Ray | busy CPU-s | floor s |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
-    for v in VARIANTS:
+    for v in [*VARIANTS, "before"]:
+        if v not in s:
+            continue
         row = s.get(v, {})
         rng = row.get("range_startup_s")
         lines.append(f"| {v} | {cell(row.get('startup_s'))} ({cell(rng[0]) if rng else '—'}-{cell(rng[1]) if rng else '—'})"
@@ -207,13 +221,18 @@ def table(s: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--before", type=Path, help="a crest source tree to launch as the variant 'before'")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "startup.json")
     args = parser.parse_args()
     started = time.time()
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in (*VARIANTS, "ray_init_lean", "ray_init_full")}
+    variants = [*VARIANTS, *(["before"] if args.before else []), "ray_init_lean", "ray_init_full"]
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="crest-startup-") as tmp:
-        for repeat, variant in schedule([*VARIANTS, "ray_init_lean", "ray_init_full"], args.repeats):
-            result = ray_only(variant.rsplit("_", 1)[1]) if variant.startswith("ray_init") else launch(variant, Path(tmp))
+        for repeat, variant in schedule(variants, args.repeats):
+            if variant.startswith("ray_init"):
+                result = ray_only(variant.rsplit("_", 1)[1])
+            else:
+                result = launch(variant, Path(tmp), args.before)
             runs[variant].append({"repeat": repeat, **result})
             print(f"{variant:14s} repeat {repeat}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()
                                                                 if isinstance(v, float)), flush=True)
@@ -224,10 +243,13 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(time.time() - started, 1),
         "machine": machine(), "crest_source": crest_source(None), "command": " ".join(sys.argv),
         "sweep": str(SWEEP.relative_to(REPO)), "n_trials": TRIALS, "repeats": args.repeats,
+        "before": None if args.before is None else {"tree": str(args.before), **_git_head(args.before)},
         "summary": s, "goal": {"startup_under_4s": None if lean is None else lean < GOAL_STARTUP_S,
                                "startup_s": lean, "goal_s": GOAL_STARTUP_S},
         "ratio_lean_to_full": None if lean is None or not s.get("full", {}).get("startup_s")
         else lean / s["full"]["startup_s"],
+        "ratio_lean_to_before": None if lean is None or not s.get("before", {}).get("startup_s")
+        else lean / s["before"]["startup_s"],
         "runs": runs, "table": table(s),
     }
     write_json(args.out, doc)

@@ -68,15 +68,19 @@ def test_the_installed_ray_has_what_the_lean_start_replaces() -> None:
     check_private_api()  # fails when a Ray release renames them: update _ray_private.py
 
 
-def test_the_lean_start_puts_rays_methods_back_even_after_an_error() -> None:
+def test_the_lean_start_puts_rays_functions_back_even_after_an_error() -> None:
+    from ray._private import services
     from ray._private.node import Node
 
     before = {name: Node.__dict__[name] for name in SKIPPED}
+    get_node = services.get_node
     with pytest.raises(KeyError), lean_local_start() as lean:
         assert lean is True
         assert all(Node.__dict__[name] is not before[name] for name in SKIPPED)
+        assert services.get_node is not get_node
         raise KeyError("boom")
     assert {name: Node.__dict__[name] for name in SKIPPED} == before
+    assert services.get_node is get_node
 
 
 START_SCRIPT = textwrap.dedent(
