@@ -4,6 +4,8 @@ Issue 14 ("A driver that keeps up"). One run measures, interleaved and repeated,
 systems on the same trial function at 2 workers:
 
 - ``crest``: ``crest launch`` (the CLI, as a user runs it) on a SQLite file;
+- ``crest-ray-full`` (only when named in ``--systems``): the same with ``ray: {local: full}``
+  (a local Ray with the processes a lean one leaves out);
 - ``tune-default``: Ray Tune with ``OptunaSearch``, defaults (a new actor per trial);
 - ``tune-reuse``: the same with ``reuse_actors=True``;
 - ``optuna-sqlite``: Optuna alone, RDB storage on a SQLite file, ``n_jobs=2`` (threads);
@@ -112,9 +114,10 @@ STUDY = "overhead"
 WORKLOAD_REF = "overhead:bench_workload"
 TRIAL_ENV = "CREST_BENCH_TRIAL"  # the trial function's spec, read by every process
 PROBE_ENV = "CREST_BENCH_PROBE"  # the file each trial's end is written to
-SYSTEMS = ("crest", "tune-default", "tune-reuse", "optuna-sqlite", "optuna-memory")
+SYSTEMS = ("crest", "crest-ray-full", "tune-default", "tune-reuse", "optuna-sqlite", "optuna-memory")
 LABELS = {
     "crest": "crest (SQLite)",
+    "crest-ray-full": "crest (SQLite), ray.local: full",
     "tune-default": "Ray Tune + OptunaSearch, defaults",
     "tune-reuse": "Ray Tune + OptunaSearch, reuse_actors=True",
     "optuna-sqlite": "Optuna alone, SQLite, n_jobs=2",
@@ -525,9 +528,12 @@ def child_env(spec: TrialSpec, workdir: Path) -> dict[str, str]:
 
 def command(system: str, n_trials: int, workdir: Path, spec: TrialSpec, *, lease_ttl: float | None = None) -> list[str]:
     """The command line that runs ``system`` for ``n_trials`` trials in ``workdir``."""
-    if system == "crest":
+    if system.startswith("crest"):
         sweep_file = workdir / "sweep.json"  # JSON is YAML
-        sweep_file.write_text(json.dumps(sweep(spec, n_trials)))
+        config = sweep(spec, n_trials)
+        if system == "crest-ray-full":
+            config["ray"] = {"local": "full"}
+        sweep_file.write_text(json.dumps(config))
         cmd = [sys.executable, "-m", "crest", "launch", str(sweep_file), "--storage", crest_url(workdir), "-q"]
         return cmd + (["--lease-ttl", str(lease_ttl)] if lease_ttl else [])
     return [sys.executable, str(Path(__file__).resolve()), "--child", system, "--trials", str(n_trials),
@@ -626,7 +632,7 @@ def tune_saved(workdir: Path) -> int:
 
 def saved_trials(system: str, workdir: Path) -> int:
     """Complete trials ``system`` kept in its storage."""
-    if system == "crest":
+    if system.startswith("crest"):
         return count_rows(workdir / "crest.db", "SELECT count(*) FROM crest_trials WHERE state = 'COMPLETE'")
     if system == "optuna-sqlite":
         return count_rows(workdir / "optuna.db", "SELECT count(*) FROM trials WHERE state = 'COMPLETE'")
@@ -656,7 +662,7 @@ def measure(system: str, n_trials: int, root: Path, spec: TrialSpec) -> dict[str
         total = time.time() - run.launched_at
         if rc != 0:
             raise RuntimeError(f"{system} exited with {rc}:\n{run.log_tail()}")
-    trials = crest_trials(run.workdir) if system == "crest" else json.loads((run.workdir / "trials.json").read_text())
+    trials = crest_trials(run.workdir) if system.startswith("crest") else json.loads((run.workdir / "trials.json").read_text())
     if not trials:
         raise RuntimeError(f"{system}: no complete trial\n{run.log_tail()}")
     result = overhead(trials, run.launched_at)
@@ -679,7 +685,7 @@ def wait_for_trials(run: Launched, count: int, timeout: float) -> None:
 
 def kill_test(system: str, n_trials: int, kill_after: int, root: Path, spec: TrialSpec) -> dict[str, Any]:
     """kill -9 the driver after ``kill_after`` trials ended; what it kept (crest: then resume)."""
-    lease_ttl = 2.0 if system == "crest" else None
+    lease_ttl = 2.0 if system.startswith("crest") else None
     with launch(system, n_trials, root, spec, lease_ttl=lease_ttl) as run:
         wait_for_trials(run, kill_after, timeout=CHILD_TIMEOUT_S)
         run.proc.send_signal(signal.SIGKILL)
@@ -690,7 +696,7 @@ def kill_test(system: str, n_trials: int, kill_after: int, root: Path, spec: Tri
     saved = saved_trials(system, run.workdir)
     result: dict[str, Any] = {"trials": n_trials, "ended_before_kill": ended, "saved": saved,
                               "lost": ended - saved, "left_running_after_1s": len(survivors)}
-    if system == "crest":
+    if system.startswith("crest"):
         result.update(resume_crest(run.workdir, n_trials, lease_ttl or 0.0, spec))
     return result
 
@@ -814,7 +820,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-repeats", type=int, default=3, help="repeats at the large size")
     p.add_argument("--default-repeats", type=int, default=None,
                    help="repeats of tune-default (seconds per trial), default --repeats")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}")
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "crest-ray-full"),
+                   help=f"comma-separated, of {', '.join(SYSTEMS)}")
     p.add_argument("--large-systems", default=None, help="systems at the large size (default: --systems but tune-default)")
     p.add_argument("--trial", default="tiny", help="the trial function: tiny, sleep:MS, epochs:N (or sleep:MS,epochs:N)")
     p.add_argument("--kill-trials", type=int, default=None, help="trials of each kill -9 run (default --trials)")

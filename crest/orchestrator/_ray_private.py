@@ -4,18 +4,18 @@
 crest driver's own local Ray never uses: the autoscaler's monitor (there is nothing to
 scale), the log monitor (crest passes ``log_to_driver=False``) and the dashboard's API
 server (started even with ``include_dashboard=False``, for usage statistics, which crest
-turns off; ``ray.init`` waits for it to come up). On the 2-core development machine they
-cost about 1 s of CPU and 0.6 to 1.6 s of ``ray.init``'s time (``bench/startup.py``).
-Then ``ray.init`` waits for the raylet to register, with a call
-(``ray._private.services.get_node``) that looks, fails, and looks again a second later
-(measured: 1.0 s whenever the raylet, which registers about 0.45 s after it starts, was
-not yet there). :func:`lean_local_start` has ``ray.init`` skip the three processes, by
+turns off; ``ray.init`` waits for it to come up). Then ``ray.init`` waits for the raylet
+to register, with a call (``ray._private.services.get_node``) that looks, fails, and looks
+again a second later whenever the raylet (which registers once its agents are up) was not
+yet there. :func:`lean_local_start` has ``ray.init`` skip the three processes, by
 replacing the three ``Node`` methods that start them, and look for the raylet every
-20 ms before that call, for the duration of the ``ray.init``: 1.3 s against 1.9 s, and
-2.4-3.4 s for a full start, on that machine. ``ray: {local: full}`` in a sweep file starts
-Ray as ``ray.init`` does. :func:`check_private_api` (run by the test suite against the Ray
-that is installed) fails loudly when a release renames any of this; crest itself then
-falls back to a full start, with a warning.
+20 ms before that call, for the duration of the ``ray.init``. ``bench/startup.py``
+measures both: on the 2-core development machine, ``ray.init`` alone took 1.4 s lean and
+2.5-3.5 s full, and a lean start spent 1.7 fewer CPU-seconds before the first trial.
+``ray: {local: full}`` in a sweep file starts Ray as ``ray.init`` does.
+:func:`check_private_api` (run by the test suite against the Ray that is installed) fails
+loudly when a release renames any of this; crest itself then falls back to a full start,
+with a warning.
 """
 
 from __future__ import annotations
@@ -76,16 +76,23 @@ def _registered_first(get_node: Any) -> Any:
 
     def wait_then_get(gcs_address: str, node_id: str) -> Any:
         try:
-            table = state.GlobalState()
-            table._initialize_global_state(services._get_gcs_client_options(gcs_address))
+            table = state.GlobalState()  # type: ignore[no-untyped-call]
+            options = services._get_gcs_client_options(gcs_address)  # type: ignore[no-untyped-call]
+            table._initialize_global_state(options)
             deadline = time.monotonic() + REGISTRATION_WAIT_S
-            while time.monotonic() < deadline and not any(n.get("NodeID") == node_id for n in table.node_table()):
+            while time.monotonic() < deadline and not _listed(table, node_id):
                 time.sleep(REGISTRATION_POLL_S)
         except Exception as e:  # noqa: BLE001 -- only a shortcut: Ray's own call follows either way
             logger.debug("looking for the raylet in the node table: %s", e)
         return get_node(gcs_address, node_id)
 
     return wait_then_get
+
+
+def _listed(table: Any, node_id: str) -> bool:
+    """Whether the GCS's node table lists ``node_id`` (hex)."""
+    nodes = table.node_table()
+    return any(n.get("NodeID") == node_id for n in nodes)
 
 
 @contextmanager

@@ -120,4 +120,4 @@ class Adam:
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)  # type: ignore[arg-type]
+        torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
