@@ -16,7 +16,9 @@ worker's own phase timers), and ``record``, the driver's time to write its row a
 driver's log); crest's own share, everything but the user's training and scoring
 (prune (masks and the size bound) + quantize + encode + decode + record) over the trial's time; the worker's peak RSS; and
 the database bytes and store bytes per trial (the SQLite file and the store directory
-after the sweep, divided by the trials). Goal: crest's share at most 10% of trial time.
+after the sweep, divided by the trials); and the driver process's peak RSS and its RSS at
+the last look before it exited (sampled every 0.5 s: a local study's baseline trains in
+the driver). Goal: crest's share at most 10% of trial time.
 
 Run: ``python bench/scale.py [--trials 6] [--workers 1] [--retrain-epochs 2]`` (about
 10-20 minutes on a 2-core CPU). Writes ``bench/results/scale.json``.
@@ -120,17 +122,39 @@ def sweep_yaml(args: argparse.Namespace, store: Path, db: Path) -> str:
     }, indent=1)
 
 
-def _launch(args: argparse.Namespace, work: Path) -> tuple[float, Path]:
-    """Run ``crest launch`` from this folder; returns its wall seconds and its log file."""
+def _driver_memory(pid: int) -> tuple[int, int] | None:
+    """The driver's (peak RSS, RSS) in bytes, from ``/proc`` (None once it is gone)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmHWM"].split()[0]) * 1024, int(fields["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _launch(args: argparse.Namespace, work: Path) -> tuple[float, Path, dict[str, int]]:
+    """Run ``crest launch`` from this folder; returns its wall seconds, its log file and
+    the driver process's memory (peak RSS, and its RSS at the last look before it exited,
+    sampled every 0.5 s)."""
     db, store, log = work / "scale.db", work / "store", work / "driver.log"
     sweep = work / "sweep.yaml"
     sweep.write_text(sweep_yaml(args, store, db))
     t0 = time.perf_counter()
-    subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "crest", "--log-level", "debug", "--log-file", str(log), "launch", str(sweep), "-q"],
-        cwd=HERE, check=True, timeout=args.timeout,
+        cwd=HERE,
     )
-    return time.perf_counter() - t0, log
+    memory: dict[str, int] = {}
+    while proc.poll() is None:
+        seen = _driver_memory(proc.pid)
+        if seen is not None:
+            memory = {"driver_peak_rss_bytes": seen[0], "driver_last_rss_bytes": seen[1]}
+        if time.perf_counter() - t0 > args.timeout:
+            proc.kill()
+            raise TimeoutError(f"crest launch ran past {args.timeout:.0f} s")
+        time.sleep(0.5)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    return time.perf_counter() - t0, log, memory
 
 
 def _trials(db: Path) -> list[dict[str, Any]]:
@@ -191,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = sum(p.numel() for p in ScaleTransformer().parameters())
     with tempfile.TemporaryDirectory(prefix="crest-scale-") as tmp:
         work = Path(tmp)
-        wall, log = _launch(args, work)
+        wall, log, memory = _launch(args, work)
         trials = [t for t in _trials(work / "scale.db") if t.get("state", "COMPLETE") == "COMPLETE"]
         records = record_seconds(log)
         rows = [split(t, records.get(t["trial"])) for t in sorted(trials, key=lambda t: t["trial"])]
@@ -201,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "python": platform.python_version(), "torch": torch.__version__},
         "model": {"name": "ScaleTransformer", "parameters": params, "dense_fp32_bytes": params * 4},
         "setup": {"trials": args.trials, "workers": args.workers, "retrain_epochs": args.retrain_epochs},
-        "sweep_wall_seconds": wall, "trials": rows,
+        "sweep_wall_seconds": wall, "trials": rows, **memory,
         "db_bytes_per_trial": db_bytes / max(1, len(rows)), "store_bytes_per_trial": store_bytes / max(1, len(rows)),
         **summarise(rows),
     }
@@ -213,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"trial {r['trial']}: {r['seconds']:.1f} s, crest share {r['crest_share']:.1%}, "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
     print(f"median crest share {result['median_crest_share']}, db {result['db_bytes_per_trial']:,.0f} B/trial, "
-          f"store {result['store_bytes_per_trial']:,.0f} B/trial")
+          f"store {result['store_bytes_per_trial']:,.0f} B/trial, driver peak RSS "
+          f"{memory.get('driver_peak_rss_bytes', 0) / 2**20:,.0f} MB, last {memory.get('driver_last_rss_bytes', 0) / 2**20:,.0f} MB")
     return result
 
 

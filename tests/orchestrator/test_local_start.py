@@ -153,3 +153,35 @@ def test_a_ray_start_that_fails_raises_in_the_caller() -> None:
     run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cannot connect to the Ray cluster at nohost" in run.stdout
+
+
+def test_memory_freed_by_a_large_training_goes_back_to_the_system() -> None:
+    """After a large short-lived allocation is freed, release_freed_memory lowers the
+    process's RSS (glibc keeps freed memory in its arenas otherwise)."""
+    code = textwrap.dedent(
+        """
+        import threading
+        from crest.orchestrator._baseline import release_freed_memory
+
+        def rss_mb():
+            return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) // 1024
+
+        def churn():  # many mid-sized blocks, as a training's tensors are, on a thread's arena
+            blocks = [bytearray(100_000) for _ in range(3000)]
+            del blocks[::2]
+            keep = blocks[-1:]
+            del blocks
+            return keep
+
+        kept = []
+        t = threading.Thread(target=lambda: kept.append(churn()))
+        t.start(); t.join()
+        before = rss_mb()
+        assert release_freed_memory() is True
+        print(before, rss_mb())
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, after = (int(x) for x in run.stdout.split())
+    assert after < before - 50, (before, after)
