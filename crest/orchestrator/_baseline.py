@@ -73,7 +73,8 @@ class LocalBaseline:
         if self._error is not None:
             raise SweepError(f"the baseline could not be trained: {type(self._error).__name__}: {self._error}") \
                 from self._error
-        assert self._out is not None
+        if self._out is None:  # the thread ended without a result or an error: cannot happen, say so if it does
+            raise SweepError("the baseline's training ended without a result")
         return self._out
 
 

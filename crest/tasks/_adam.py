@@ -67,30 +67,29 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam update of every parameter that has a gradient."""
-        one_by_one: list[int] = []
+        one_by_one: list[tuple[int, torch.Tensor]] = []
         elsewhere: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(self.params):
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise ValueError("Adam: sparse gradients are not supported")
             if i not in self._state:
                 self._state[i] = ([0], torch.zeros_like(p, memory_format=torch.preserve_format),
                                   torch.zeros_like(p, memory_format=torch.preserve_format))
             if self.foreach is False or (self.foreach is None and p.device.type == "cpu"):
-                one_by_one.append(i)
+                one_by_one.append((i, grad))
             else:
                 elsewhere.setdefault((p.device, p.dtype), []).append(i)
-        for i in one_by_one:
-            self._step_one(i)
+        for i, grad in one_by_one:
+            self._step_one(i, grad)
         for group in elsewhere.values():
             self._step_foreach(group)
 
-    def _step_one(self, i: int) -> None:
-        """torch's single-tensor Adam (its CPU default) for parameter ``i``."""
+    def _step_one(self, i: int, grad: torch.Tensor) -> None:
+        """torch's single-tensor Adam (its CPU default) for parameter ``i``, whose gradient is ``grad``."""
         p = self.params[i]
-        grad = p.grad
-        assert grad is not None
         steps, exp_avg, exp_avg_sq = self._state[i]
         steps[0] += 1
         exp_avg.lerp_(grad, 1 - self.beta1)
