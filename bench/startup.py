@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from overhead import crest_source, crest_trials, machine, schedule, write_json
+from overhead import _median, crest_source, crest_trials, machine, schedule, write_json
 
 SWEEP = REPO / "examples" / "lenet300-mnist.yaml"
 GOAL_STARTUP_S = 4.0
@@ -181,17 +180,13 @@ def _git_head(tree: Path) -> dict[str, str]:
     return {"git_head": done.stdout.strip()}
 
 
-def median(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return float(statistics.median(values)) if values else None
-
-
 def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     keys = ("startup_s", "ray_up_s", "baseline_s", "first_sent_s", "ray_start_s", "ray_waited_s", "cpu_busy_s",
             "cpu_floor_s", "ray_init_s")
     out: dict[str, Any] = {}
     for variant, reps in runs.items():
-        out[variant] = {k: median(reps, k) for k in keys if median(reps, k) is not None}
+        medians = {k: _median(reps, k) for k in keys}
+        out[variant] = {k: v for k, v in medians.items() if v is not None}
         out[variant]["range_startup_s"] = [min(r["startup_s"] for r in reps), max(r["startup_s"] for r in reps)] \
             if reps and "startup_s" in reps[0] else None
     return out
