@@ -26,10 +26,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["RayReaper", "reap_dead_runs", "descendants", "start_time"]
+__all__ = ["RayReaper", "descendants", "reap_dead_runs", "start_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,35 +50,81 @@ def _runtime_dir() -> Path | None:
     return path
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel start time of ``pid`` (clock ticks after boot), or None when it is gone."""
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, kernel start time in clock ticks after boot) of ``pid``, or None when
+    it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+    if len(fields) <= 19 or not fields[1].isdigit() or not fields[19].isdigit():
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel start time of ``pid`` (clock ticks after boot), or None when it is gone."""
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _below(parents: dict[int, int], roots: Iterable[int]) -> set[int]:
+    """Every pid below ``roots`` in the tree that ``parents`` (pid -> parent pid) gives."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+class _ProcTable:
+    """The parent and start time of every process, each read once: a :meth:`refresh`
+    lists ``/proc`` and reads the stat of new pids only. (The watchdog refreshes every
+    20 ms while Ray starts; reading every process's stat each time cost it 2 CPU-seconds
+    of a quick start's 28 on a 2-core machine.)
+
+    A parent is read once: a process is reparented only when its parent exits, and each
+    scan has recorded everything below the roots by then. A pid that exits drops out at
+    the next refresh; one reused between two refreshes (ms apart; Linux hands pids out in
+    order up to ``pid_max``) would keep its predecessor's entry."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, start time)
+
+    def refresh(self) -> None:
+        """Drop pids that are gone and read the new ones."""
+        pids = {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
+        for gone in self._known.keys() - pids:
+            del self._known[gone]
+        for pid in pids - self._known.keys():
+            read = _stat(pid)
+            if read is not None:
+                self._known[pid] = read
+
+    def start_time(self, pid: int) -> int | None:
+        """``pid``'s start time as of the last refresh, or None when it was not running."""
+        known = self._known.get(pid)
+        return None if known is None else known[1]
+
+    def below(self, roots: Iterable[int]) -> set[int]:
+        """Every process below ``roots``, by the parents first seen."""
+        return _below({pid: ppid for pid, (ppid, _) in self._known.items()}, roots)
 
 
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` in the process tree."""
-    children: dict[int, list[int]] = {}
+    parents = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # exited while we looked
-        children.setdefault(ppid, []).append(int(entry))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+        if entry.isdigit() and (read := _stat(int(entry))) is not None:  # None: exited while we looked
+            parents[int(entry)] = read[0]
+    return sorted(_below(parents, [pid]))
 
 
 def _kill_recorded(processes: list[list[int]]) -> int:
@@ -191,6 +238,7 @@ class _Watch:
         self.before = before | {os.getpid()}  # the driver's children before Ray, and this watchdog
         self.seen: dict[int, int] = {}
         self.ray_up = False
+        self._table = _ProcTable()
 
     def add(self, line: bytes) -> None:
         """Record the ``pid:start`` pairs of the driver's "up" line."""
@@ -202,10 +250,12 @@ class _Watch:
 
     def scan(self) -> None:
         """Record new processes: below the driver while Ray starts, then below Ray's own."""
+        table = self._table
+        table.refresh()
         # a recorded process that exited may have its pid reused: only live ones are roots
-        roots = [self.driver] if not self.ray_up else [p for p, t in self.seen.items() if start_time(p) == t]
-        found = {p for root in roots for p in descendants(root)} - self.before
-        new = {p: t for p in found if p not in self.seen and (t := start_time(p)) is not None}
+        roots = [self.driver] if not self.ray_up else [p for p, t in self.seen.items() if table.start_time(p) == t]
+        found = table.below(roots) - self.before
+        new = {p: t for p in found if p not in self.seen and (t := table.start_time(p)) is not None}
         if new:
             self.seen.update(new)
             self._save()

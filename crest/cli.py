@@ -216,11 +216,16 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     ray_start = RayStart.of(config)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
+        options = _driver_options(lease_ttl)
+        from crest.orchestrator._baseline import early_baseline
+
+        # a certainly new study's baseline trains while the driver imports Optuna and SQLAlchemy
+        baseline = early_baseline(config, list(options.search_path))
         from crest.orchestrator import SweepDriver
 
         printer = ProgressPrinter(enabled=not quiet)
-        driver = SweepDriver(config, sweep_yaml=text, options=_driver_options(lease_ttl), on_progress=printer.update,
-                             ray_start=ray_start)
+        driver = SweepDriver(config, sweep_yaml=text, options=options, on_progress=printer.update,
+                             ray_start=ray_start, baseline=baseline)
         with printer:
             summary = driver.run()
     except KeyboardInterrupt:

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crest._reaper import _runtime_dir, descendants, reap_dead_runs, start_time
+from crest._reaper import (
+    _ProcTable,
+    _runtime_dir,
+    descendants,
+    reap_dead_runs,
+    start_time,
+)
 
 from .helpers import TINY_SWEEP
 
@@ -31,6 +37,32 @@ def _wait(cond: Callable[[], bool], seconds: float) -> bool:
 
 def _gone(pid: int, started: int | None) -> bool:
     return start_time(pid) != started
+
+
+def test_the_process_table_finds_what_a_full_scan_finds() -> None:
+    table = _ProcTable()
+    table.refresh()
+    me = os.getpid()
+    # a shell that starts a grandchild and exits, which orphans the grandchild (as a
+    # killed driver's raylet orphans Ray's agents)
+    shell = subprocess.Popen(["sh", "-c", "sleep 120 & echo $!; sleep 0.5"], stdout=subprocess.PIPE, text=True)
+    assert shell.stdout is not None
+    grandchild = int(shell.stdout.readline())
+    try:
+        table.refresh()
+        assert {shell.pid, grandchild} <= table.below([me]) == set(descendants(me))
+        assert table.start_time(grandchild) == start_time(grandchild) is not None
+        assert shell.wait(timeout=10) == 0
+        assert _wait(lambda: grandchild not in descendants(me), 10), "the kernel reparented it"
+        table.refresh()
+        assert table.start_time(shell.pid) is None, "a pid that exited drops out"
+        assert table.below([me]) == set(descendants(me))
+        assert table.below([grandchild]) == set() and table.start_time(grandchild) is not None
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+    assert _wait(lambda: start_time(grandchild) is None, 10)
+    table.refresh()
+    assert table.start_time(grandchild) is None
 
 
 def test_the_next_driver_reaps_what_a_dead_one_recorded_and_nothing_else() -> None:

@@ -109,18 +109,19 @@ def as_byte_view(blob: object) -> bytes | memoryview:
 
 
 def json_depth(obj: Any) -> int:
-    """Nesting depth of a parsed JSON value (a scalar is 0), computed without recursion."""
+    """Nesting depth of a parsed JSON value (a scalar is 0), computed without recursion.
+
+    Only containers are visited (a scalar is as deep as the container holding it): a
+    header of 60,000 tensors took 1 CPU-second when every value was visited."""
+    if not isinstance(obj, (dict, list)):
+        return 0
     depth = 0
-    stack: list[tuple[Any, int]] = [(obj, 0)]
+    stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, d = stack.pop()
-        if isinstance(item, dict):
-            d += 1
-            stack.extend((v, d) for v in item.values())
-        elif isinstance(item, list):
-            d += 1
-            stack.extend((v, d) for v in item)
         depth = max(depth, d)
+        values = item.values() if isinstance(item, dict) else item
+        stack.extend((v, d + 1) for v in values if isinstance(v, (dict, list)))
     return depth
 
 
@@ -242,8 +243,6 @@ def _parse_header(header_bytes: bytes, version: int) -> dict[str, Any]:
         )
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise FormatError(f"header is not valid JSON: {str(exc)[:200]}") from exc
-    if json_depth(header) > MAX_JSON_DEPTH:
-        raise FormatError(f"header JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(header, dict):
         raise FormatError("header must be a JSON object")
     keys = set(header)
@@ -262,6 +261,9 @@ def _parse_header(header_bytes: bytes, version: int) -> dict[str, Any]:
         raise FormatError("header field 'tensors' must be a list")
     if len(header["tensors"]) > MAX_TENSORS:
         raise FormatError(f"header lists {len(header['tensors'])} tensors; the limit is {MAX_TENSORS}")
+    # after the top level's checks, so that an oversized header is refused without a walk
+    if json_depth(header) > MAX_JSON_DEPTH:
+        raise FormatError(f"header JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     return header
 
 

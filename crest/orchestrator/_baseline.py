@@ -1,4 +1,9 @@
-"""A new study's baseline, trained in the driver on a thread while Ray starts."""
+"""A new study's baseline, trained in the driver on a thread while Ray starts.
+
+:func:`trains_here` says when the driver trains it (instead of a worker), and
+:func:`early_baseline` begins it before the driver's own imports (Optuna, SQLAlchemy) when
+the study is certainly new, so that its training overlaps them too.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 from crest.exceptions import CrestError, SweepError
-from crest.tasks import Workload, train_baseline
+from crest.tasks import Workload, get_workload, train_baseline
 
-__all__ = ["LocalBaseline", "release_freed_memory"]
+__all__ = ["LocalBaseline", "early_baseline", "release_freed_memory", "trains_here"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,8 @@ class LocalBaseline:
     """
 
     def __init__(self, workload: Workload, seed: int, *, threads: int) -> None:
-        self._workload, self._seed, self._threads = workload, seed, threads
+        self.workload = workload
+        self._seed, self._threads = seed, threads
         self._out: tuple[bytes, float] | None = None
         self._error: BaseException | None = None
         self.seconds = 0.0  # how long the training took
@@ -48,7 +56,7 @@ class LocalBaseline:
         before = torch.get_num_threads()
         torch.set_num_threads(self._threads)
         try:
-            self._out = train_baseline(self._workload, seed=self._seed, device="cpu")
+            self._out = train_baseline(self.workload, seed=self._seed, device="cpu")
         except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread by result()
             self._error = e
         finally:
@@ -76,6 +84,55 @@ class LocalBaseline:
         if self._out is None:  # the thread ended without a result or an error: cannot happen, say so if it does
             raise SweepError("the baseline's training ended without a result")
         return self._out
+
+
+def trains_here(config: Any) -> bool:
+    """Whether a new study's baseline trains in the driver (on a thread, while Ray starts):
+    when a worker would train it on this host's CPU anyway (no Ray address, no GPUs per
+    worker, device ``auto`` or ``cpu``), with the worker's thread count, so that it is the
+    same baseline. Otherwise (a cluster, GPU workers) a worker trains it.
+
+    Args:
+        config: the sweep (a ``crest.config.SweepConfig``).
+    """
+    return config.ray.address is None and not config.ray.gpus_per_worker and config.device in ("auto", "cpu")
+
+
+def baseline_threads(config: Any) -> int:
+    """torch threads of the baseline's training: a worker's (``ray.cpus_per_worker``)."""
+    return max(1, int(config.ray.cpus_per_worker))
+
+
+def _new_sqlite_file(url: str) -> bool:
+    """True when ``url`` names a SQLite file that does not exist yet (so no study is
+    stored there), read from the URL's text without importing SQLAlchemy; False for
+    anything else (another database, a URI filename, memory, a query string)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url:
+        return False
+    path = url[len(prefix):]
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return False
+    return not Path(path).exists()
+
+
+def early_baseline(config: Any, search_path: list[str]) -> LocalBaseline | None:
+    """The baseline's training begun now, before the driver imports Optuna and SQLAlchemy,
+    when it :func:`trains_here` and the study is certainly new: its database is a SQLite
+    file that does not exist yet. Otherwise None, and the driver decides after reading
+    the database (it does not use this one if the study has a baseline by then).
+
+    Args:
+        config: the validated sweep (a ``crest.config.SweepConfig``).
+        search_path: directories for importing a ``module:function`` workload.
+
+    Raises:
+        WorkloadError: the workload does not resolve (as it would in the driver).
+    """
+    if config.storage is None or not trains_here(config) or not _new_sqlite_file(config.storage):
+        return None
+    workload = get_workload(config.workload, search_path=search_path)
+    return LocalBaseline(workload, config.seed, threads=baseline_threads(config))
 
 
 def release_freed_memory() -> bool:

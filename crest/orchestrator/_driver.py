@@ -29,7 +29,7 @@ import torch
 
 from crest.config import SweepConfig
 from crest.exceptions import ConfigError, StorageError, SweepError
-from crest.orchestrator._baseline import LocalBaseline
+from crest.orchestrator._baseline import LocalBaseline, baseline_threads, trains_here
 from crest.orchestrator._cluster import RayStart
 from crest.orchestrator._lease import LeaseKeeper
 from crest.orchestrator._ledger import TrialLedger
@@ -66,6 +66,9 @@ class SweepDriver:
         on_progress: called with a :class:`Progress` after every event and poll.
         ray_start: Ray's start, begun by the caller from this config (the CLI begins it
             before importing the driver); the first run uses and stops it.
+        baseline: the baseline's training, begun by the caller with
+            :func:`~crest.orchestrator._baseline.early_baseline` (the CLI begins it right
+            after Ray's start); the first run uses it, unless the study has a baseline.
 
     Raises (from :meth:`run`):
         ConfigError, WorkloadError: before anything is written.
@@ -81,6 +84,7 @@ class SweepDriver:
         options: DriverOptions | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         ray_start: RayStart | None = None,
+        baseline: LocalBaseline | None = None,
     ) -> None:
         if config.storage is None:
             raise ConfigError("storage: no database URL given")
@@ -91,6 +95,7 @@ class SweepDriver:
         self.on_progress = on_progress or (lambda _p: None)
         self.owner = lease_owner_id()
         self._ray_start = ray_start
+        self._early = baseline
 
     def run(self) -> SweepSummary:
         """Launch or resume the study and run it to ``n_trials`` complete trials."""
@@ -144,18 +149,22 @@ class SweepDriver:
 
         Ray starts first, on a thread (:class:`RayStart`): its processes come up while the
         workload is imported, the database opened and, for a new study on this host's CPU,
-        the baseline trained (see :meth:`_trains_here`; it starts on a read made before
+        the baseline trained (see :func:`trains_here`; it starts on a read made before
         the lease, and is not used if the study turns out to have one)."""
         cfg = self.config
         t0 = time.monotonic()
         with ExitStack() as stack:
             ray_start, self._ray_start = self._ray_start or RayStart.of(cfg), None
             stack.callback(ray_start.stop)
-            workload = get_workload(cfg.workload, search_path=list(self.options.search_path))
+            early, self._early = self._early, None
+            workload = early.workload if early is not None else \
+                get_workload(cfg.workload, search_path=list(self.options.search_path))
             model = workload.build_model()
             sensitivity, has_baseline = self._stored_state()
             plan = self._plan(model, None if for_sensitivity else sensitivity)
-            local = self._local_baseline(workload) if not has_baseline else None
+            if early is not None and has_baseline:
+                logger.info("study '%s' has a baseline already: the one begun here is not used", cfg.study)
+            local = None if has_baseline else early or self._local_baseline(workload)
             store = Store(self.storage_url, create=True)
             stack.callback(store.close)
             info = self._take_study(store)
@@ -166,11 +175,11 @@ class SweepDriver:
             if local is not None and info.baseline_sha256 is not None:
                 logger.info("study '%s' has a baseline already: the one trained here is not used", info.name)
                 local = None
-            self._wait_for_ray(ray_start)
+            started_here = self._wait_for_ray(ray_start)
             pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
             stack.callback(pool.kill_all)
             artifacts = self._check_artifacts(store, info)
-            pool.scan_nodes(artifacts)
+            pool.scan_nodes(artifacts, here=self._node_checked_here(started_here))
             # a new study's baseline trainer and the other workers start while the decoder checks run
             trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None and local is None else None
             pool.prestart(checking=True, limit=None if local is None else self._spare_workers(local))
@@ -195,10 +204,10 @@ class SweepDriver:
         return plan
 
     def _local_baseline(self, workload: Workload) -> LocalBaseline | None:
-        """The baseline's training in this process, begun now, when :meth:`_trains_here`."""
-        if not self._trains_here():
+        """The baseline's training in this process, begun now, when it :func:`trains_here`."""
+        if not trains_here(self.config):
             return None
-        return LocalBaseline(workload, self.config.seed, threads=max(1, int(self.config.ray.cpus_per_worker)))
+        return LocalBaseline(workload, self.config.seed, threads=baseline_threads(self.config))
 
     def _spare_workers(self, local: LocalBaseline) -> int:
         """Workers to start while the baseline trains here: as many as the CPUs it leaves
@@ -207,20 +216,30 @@ class SweepDriver:
         return max(1, int(local.cpus_spare() // self.config.ray.cpus_per_worker))
 
     @staticmethod
-    def _wait_for_ray(ray_start: RayStart) -> None:
-        """Wait for Ray's start (begun before the driver's own set-up) and log its parts."""
+    def _wait_for_ray(ray_start: RayStart) -> bool:
+        """Wait for Ray's start (begun before the driver's own set-up) and log its parts;
+        True when it started a local Ray."""
         t_wait = time.monotonic()
-        ray_start.result()
+        started = ray_start.result()
         logger.info("start-up: Ray took %.2f s (the driver waited %.2f s for it)",
                     ray_start.seconds, time.monotonic() - t_wait)
+        return started
 
-    def _trains_here(self) -> bool:
-        """Whether a new study's baseline trains in the driver while Ray starts: when a
-        worker would train it on this host's CPU anyway (no Ray address, no GPUs per
-        worker, device ``auto`` or ``cpu``), with the worker's thread count, so that it is
-        the same baseline. Otherwise (a cluster, GPU workers) a worker trains it."""
-        cfg = self.config
-        return cfg.ray.address is None and not cfg.ray.gpus_per_worker and cfg.device in ("auto", "cpu")
+    def _node_checked_here(self, started_here: bool) -> str | None:
+        """This host's node when the driver runs its decoder check itself, else None.
+
+        That is when the driver started a local Ray (its workers run this interpreter and
+        these packages on this host), workers take no GPUs and CuPy is not installed: the
+        check can only take the NumPy path, and a task would run the same code in a Ray
+        worker process of its own. Where CuPy is installed a task checks the node, so that
+        the driver never opens a CUDA context."""
+        import importlib.util
+
+        import ray
+
+        if not started_here or self.config.ray.gpus_per_worker or importlib.util.find_spec("cupy") is not None:
+            return None
+        return str(ray.get_runtime_context().get_node_id())
 
     def _stored_state(self) -> tuple[dict[str, list[tuple[float, float]]], bool]:
         """What the database holds of the study, read without creating anything or taking

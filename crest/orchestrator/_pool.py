@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from crest.config import SweepConfig
-from crest.orchestrator._events import NodeChecked, PoolEvent, WorkerFailedToStart, WorkerStarted
+from crest.orchestrator._events import (
+    NodeChecked,
+    PoolEvent,
+    WorkerFailedToStart,
+    WorkerStarted,
+)
 from crest.orchestrator._nodecheck import check_node
 from crest.orchestrator._worker import TrialWorker
 from crest.storage import Store, retry_transient
@@ -111,6 +116,7 @@ class WorkerPool:
         self._search_path = search_path
         self._nodes: dict[str, _Node] = {}
         self._checks: dict[Any, tuple[str, float]] = {}  # check ref -> (node id, start)
+        self._here: tuple[str, list[bytes]] | None = None  # this process's node and what to check there
         self._starting: dict[Any, Any] = {}  # load_baseline ref -> actor
         self._unloaded: list[Any] = []  # workers started before the baseline existed
         self._idle: list[Any] = []
@@ -130,8 +136,14 @@ class WorkerPool:
         """True when the last scan for new nodes is more than ``every`` seconds old."""
         return time.monotonic() - self._last_scan > every
 
-    def scan_nodes(self, artifacts: list[bytes]) -> int:
-        """Start a decoder check on every alive node not seen before; returns how many."""
+    def scan_nodes(self, artifacts: list[bytes], *, here: str | None = None) -> int:
+        """Start a decoder check on every alive node not seen before; returns how many.
+
+        ``here``: this process's own node, whose check :meth:`wait_for_checks` runs in this
+        process instead of in a task. The driver passes it for a local Ray it started on a
+        host where the check can only take the NumPy path (see ``SweepDriver``): the task
+        would run the same code with the same interpreter, and costs a Ray worker process
+        of its own (Ray does not reuse a worker that ran a task for an actor)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -145,6 +157,11 @@ class WorkerPool:
             if node_id in self._nodes:
                 continue
             self._nodes[node_id] = _Node(self._capacity(node.get("Resources", {})))
+            if node_id == here:
+                self._here = (node_id, artifacts)
+                logger.info("decoder check of node %s runs in the driver (its own node, NumPy path)", node_id[:8])
+                started += 1
+                continue
             task = ray.remote(check_node).options(
                 num_cpus=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
@@ -178,9 +195,14 @@ class WorkerPool:
         return events
 
     def wait_for_checks(self) -> None:
-        """Block until every running check has finished (or timed out)."""
+        """Run the check of this process's own node (see :meth:`scan_nodes`), then block
+        until every running check has finished (or timed out)."""
         import ray
 
+        if self._here is not None:
+            node_id, artifacts = self._here
+            self._here = None
+            self._settle_check(node_id, check_node(artifacts, seed=self._config.seed, node_id=node_id))
         while self._checks:
             done, _ = ray.wait(list(self._checks), num_returns=1, timeout=1.0)
             for ref in done:
@@ -188,8 +210,8 @@ class WorkerPool:
             self.expire_checks()
 
     def checking(self) -> bool:
-        """True while a decoder check runs."""
-        return bool(self._checks)
+        """True while a decoder check runs (or waits to run in this process)."""
+        return bool(self._checks) or self._here is not None
 
     def passed_nodes(self) -> list[str]:
         """Nodes whose last check passed."""

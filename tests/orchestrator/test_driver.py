@@ -304,3 +304,25 @@ def test_a_local_study_trains_its_baseline_in_the_driver_and_a_later_run_keeps_i
         assert store.require_study("tiny").baseline_sha256 == stored
     finally:
         store.close()
+
+
+def test_a_baseline_begun_before_the_driver_is_the_one_it_stores(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CLI begins a certainly new study's baseline (``early_baseline``) before it
+    imports the driver; the driver uses that one (it trains no second) and stores it."""
+    from crest.orchestrator._baseline import early_baseline
+
+    config = _config(sqlite_url, n_trials=1)
+    with caplog.at_level("INFO", logger="crest"):
+        early = early_baseline(config, [])
+        assert early is not None
+        summary = SweepDriver(config, sweep_yaml="# test\n", options=OPTIONS, baseline=early).run()
+    assert summary.complete == 1
+    assert caplog.text.count("training the baseline in the driver") == 1
+    blob, _ = early.result()  # (that it is the baseline a worker trains is tested in test_local_start)
+    store = Store(sqlite_url, create=False)
+    try:
+        assert store.require_study("tiny").baseline_sha256 == hashlib.sha256(blob).hexdigest()
+    finally:
+        store.close()

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from crest.config import parse_sweep
 from crest.exceptions import SweepError, WorkloadError
-from crest.orchestrator._baseline import LocalBaseline
+from crest.orchestrator._baseline import LocalBaseline, early_baseline
 from crest.orchestrator._ray_private import SKIPPED, check_private_api, lean_local_start
 from crest.tasks import Workload, get_workload
+
+from ..helpers import TINY_SWEEP
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -37,6 +40,39 @@ def test_the_baseline_trained_in_the_driver_is_the_one_a_worker_trains() -> None
     assert blob == remote_blob and acc == remote_acc
     assert acc > 0.5 and local.seconds > 0
     assert torch.get_num_threads() == threads_before, "torch's thread count is put back"
+
+
+def test_the_baseline_begins_before_the_driver_only_for_a_certainly_new_study_trained_here(tmp_path: Path) -> None:
+    """``early_baseline``: a new SQLite file (nothing can be stored there yet) and a
+    baseline the driver would train; otherwise None, and the driver decides after
+    reading the database."""
+    def config(url: str, **changes: object):  # type: ignore[no-untyped-def]
+        return parse_sweep({**TINY_SWEEP, **changes}, overrides={"storage": url})
+
+    new = f"sqlite:///{tmp_path / 'new.db'}"
+    (tmp_path / "old.db").write_bytes(b"")
+    refused = [
+        config(f"sqlite:///{tmp_path / 'old.db'}"),  # exists: the study may be stored there
+        config(f"sqlite:///{tmp_path / 'new.db'}?timeout=5"),
+        config("sqlite:///:memory:"),
+        config("postgresql+psycopg://postgres@127.0.0.1:5432/nothere"),
+        config(new, ray={"address": "127.0.0.1:6379"}),  # a cluster: a worker trains it
+        config(new, ray={"gpus_per_worker": 1}),
+        config(new, device="cuda", ray={"gpus_per_worker": 1}),
+    ]
+    assert [early_baseline(c, []) for c in refused] == [None] * len(refused)
+    early = early_baseline(config(new), [])
+    assert early is not None and early.workload.name == "tiny-digits"
+    blob, accuracy = early.result()
+    from crest.tasks import train_baseline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a worker's count (cpus_per_worker 1), as the early baseline trains
+    try:
+        assert (blob, accuracy) == train_baseline(get_workload("tiny-digits"), seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "new.db").exists(), "it reads nothing and creates nothing"
 
 
 def _broken_workload() -> Workload:

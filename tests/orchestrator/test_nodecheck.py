@@ -207,3 +207,37 @@ def test_workers_started_while_their_node_is_checked_are_retired_if_it_fails(sql
     finally:
         pool.kill_all()
         store.close()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_drivers_own_node_is_checked_in_the_driver_without_a_task(sqlite_url: str) -> None:
+    """``scan_nodes(here=...)``: the node's check runs in this process, in
+    ``wait_for_checks``, and records the same row a task records; no task is started."""
+    import ray
+
+    pool, store = _pool(sqlite_url)
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        artifact = gpu.encode({"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, index_bits=4, code_bits=4)
+        assert pool.scan_nodes([artifact], here=here) == 1
+        assert pool.pending() == [] and pool.checking(), "no task: the check waits for wait_for_checks"
+        assert pool.placement(1) == [] and pool.placement(1, checking=True) == [here]
+        pool.wait_for_checks()
+        assert not pool.checking() and pool.placement(1) == [here]
+        (row,) = store.node_checks(pool._study_id)
+        direct = check_node([artifact], node_id=here)
+        assert row["passed"] and row["mode"] == "cpu"
+        assert {k: row[k] for k in direct if k != "seconds"} == {k: v for k, v in direct.items() if k != "seconds"}
+        assert pool.scan_nodes([artifact], here=here) == 0, "a node is checked once"
+        # a broken artifact fails the node, as it does in a task
+        pool2, store2 = _pool(sqlite_url.replace(".db", "-2.db"))
+        try:
+            pool2.scan_nodes([artifact[:-9]], here=here)
+            pool2.wait_for_checks()
+            (row2,) = store2.node_checks(pool2._study_id)
+            assert not row2["passed"] and "FormatError" in row2["reason"] and pool2.placement(1) == []
+        finally:
+            store2.close()
+    finally:
+        pool.kill_all()
+        store.close()
