@@ -65,8 +65,8 @@ def _stat(pid: int) -> tuple[int, int] | None:
 
 def start_time(pid: int) -> int | None:
     """The kernel start time of ``pid`` (clock ticks after boot), or None when it is gone."""
-    stat = _stat(pid)
-    return None if stat is None else stat[1]
+    read = _stat(pid)
+    return None if read is None else read[1]
 
 
 def _below(parents: dict[int, int], roots: Iterable[int]) -> set[int]:

@@ -162,9 +162,8 @@ class SweepDriver:
             model = workload.build_model()
             sensitivity, has_baseline = self._stored_state()
             plan = self._plan(model, None if for_sensitivity else sensitivity)
-            if early is not None and has_baseline:
-                logger.info("study '%s' has a baseline already: the one begun here is not used", cfg.study)
-            local = None if has_baseline else early or self._local_baseline(workload)
+            # (an early baseline means the database did not exist: the read found no baseline)
+            local = early or (None if has_baseline else self._local_baseline(workload))
             store = Store(self.storage_url, create=True)
             stack.callback(store.close)
             info = self._take_study(store)
