@@ -11,8 +11,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -722,6 +723,25 @@ def _one_line(text: str) -> str:
     return redact(" ".join(part.strip() for part in text.strip().splitlines() if part.strip()))
 
 
+BASELINE_THREAD = "crest-baseline"  # the thread name of crest.orchestrator._baseline.LocalBaseline
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code``. A launch that failed during its start-up (an unreachable
+    database, Ctrl-C) may leave its baseline training on a thread of this process; it
+    cannot be stopped, and the interpreter's shutdown would end it inside torch's C++
+    frames, which aborts the process (SIGABRT, exit 134, a native stack trace). So while
+    one is alive the process ends at once, after flushing its log handlers and streams:
+    what the driver held (Ray, the database, the lease) was released on the way out."""
+    if any(t.name == BASELINE_THREAD and t.is_alive() for t in threading.enumerate()):
+        logger.debug("the baseline is still training on its thread: exiting without the interpreter's shutdown")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console entry point: runs the app. A CrestError prints one line on stderr and exits 2;
     a usage error prints click's usage and one ``Error:`` line and exits 2; anything else
@@ -733,15 +753,15 @@ def main() -> None:
     except CrestError as e:
         logger.debug("the command failed", exc_info=True)
         typer.echo(f"crest: error: {_one_line(str(e))}", err=True)
-        sys.exit(2)
+        _exit(2)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        _exit(e.exit_code)
     except typer.Abort:
         typer.echo("crest: aborted", err=True)
-        sys.exit(130)
+        _exit(130)
     except KeyboardInterrupt:
         typer.echo("crest: interrupted", err=True)
-        sys.exit(130)
+        _exit(130)
     except Exception as e:
         if _usage_error(e):
             e.show()  # type: ignore[attr-defined]
@@ -752,5 +772,5 @@ def main() -> None:
             "(a bug in crest? --log-level debug shows the traceback)",
             err=True,
         )
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        _exit(1)
+    _exit(code if isinstance(code, int) else 0)

@@ -362,3 +362,17 @@ def test_resume_imports_a_study_s_own_code_only_when_the_user_names_it(tmp_path:
     out = crest("resume", "tiny", "--workload", "other:make", cwd=tmp_path)
     assert out.returncode == 2 and "runs 'evil_wl:make'" in out.stderr
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_launch_that_fails_while_its_baseline_trains_exits_2_without_aborting(tmp_path: Path) -> None:
+    """The database turns out unusable after the local baseline began training (a file
+    that is not a database): the launch prints one line and exits 2. The interpreter's
+    shutdown used to end the training thread inside torch's C++ frames: SIGABRT, exit 134
+    and a native stack trace on stderr."""
+    (tmp_path / "crest.db").write_bytes(np.random.default_rng(0).bytes(5000))
+    repo = Path(__file__).resolve().parents[1]
+    out = crest("launch", str(repo / "examples" / "lenet300-mnist.yaml"), "-q", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    message = "crest: error: cannot connect to sqlite:///crest.db: file is not a database"
+    assert out.stderr.strip().splitlines() == [message]
