@@ -36,20 +36,19 @@ _FUSED: dict[tuple[str, torch.dtype], bool] = {}
 
 
 class _ParamState:
-    """One parameter's state: steps taken, the two moments, its form ("fused", "foreach"
-    or "one"), and per form the step as a float32 tensor on its device (fused) or the
-    denominator's buffer (one at a time, made at its first step)."""
+    """One parameter's state: its form ("fused", "foreach" or "one"), steps taken, the two
+    moments; the fused form also keeps the steps as a float32 tensor on the parameter's
+    device (the kernel reads it there), the one-at-a-time form its denominator's buffer."""
 
-    __slots__ = ("exp_avg", "exp_avg_sq", "extra", "form", "steps")
+    __slots__ = ("denom", "exp_avg", "exp_avg_sq", "form", "step_tensor", "steps")
 
     def __init__(self, p: torch.Tensor, form: str) -> None:
+        self.form = form
         self.steps = 0
         self.exp_avg = torch.zeros_like(p, memory_format=torch.preserve_format)
         self.exp_avg_sq = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self.form = form
-        self.extra: torch.Tensor | None = (
-            torch.zeros((), device=p.device, dtype=torch.float32) if form == "fused" else None
-        )
+        self.step_tensor = torch.zeros((), device=p.device, dtype=torch.float32) if form == "fused" else None
+        self.denom = torch.empty_like(p, memory_format=torch.preserve_format) if form == "one" else None
 
 
 def fused_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -168,10 +167,9 @@ class Adam:
         bias_correction1 = 1 - self.beta1**steps
         bias_correction2 = 1 - self.beta2**steps
         step_size = self.lr / bias_correction1
-        # torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), into a kept buffer
-        denom = state.extra
-        if denom is None:
-            denom = state.extra = torch.empty_like(exp_avg_sq)
+        # torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), into the kept buffer
+        denom = state.denom
+        assert denom is not None  # made with the one-at-a-time form
         torch.sqrt(exp_avg_sq, out=denom)
         denom.div_(bias_correction2**0.5).add_(self.eps)
         p.addcdiv_(exp_avg, denom, value=-step_size)
@@ -181,7 +179,7 @@ class Adam:
         params = [self.params[i] for i in group]
         grads = [g for p in params if (g := p.grad) is not None]  # all of them: step() grouped those with one
         states = [self._state[i] for i in group]
-        steps = [s.extra for s in states if s.extra is not None]  # all of them: made with the fused form
+        steps = [s.step_tensor for s in states if s.step_tensor is not None]  # all: made with the fused form
         for s in states:
             s.steps += 1
         torch._foreach_add_(steps, 1)
