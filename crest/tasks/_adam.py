@@ -38,7 +38,8 @@ _FUSED: dict[tuple[str, torch.dtype], bool] = {}
 class _ParamState:
     """One parameter's state: its form ("fused", "foreach" or "one"), steps taken, the two
     moments; the fused form also keeps the steps as a float32 tensor on the parameter's
-    device (the kernel reads it there), the one-at-a-time form its denominator's buffer."""
+    device (the kernel reads it there), the one-at-a-time form its denominator's buffer
+    (made at its first step)."""
 
     __slots__ = ("denom", "exp_avg", "exp_avg_sq", "form", "step_tensor", "steps")
 
@@ -48,7 +49,7 @@ class _ParamState:
         self.exp_avg = torch.zeros_like(p, memory_format=torch.preserve_format)
         self.exp_avg_sq = torch.zeros_like(p, memory_format=torch.preserve_format)
         self.step_tensor = torch.zeros((), device=p.device, dtype=torch.float32) if form == "fused" else None
-        self.denom = torch.empty_like(p, memory_format=torch.preserve_format) if form == "one" else None
+        self.denom: torch.Tensor | None = None  # made at the first one-at-a-time step
 
 
 def fused_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -169,7 +170,8 @@ class Adam:
         step_size = self.lr / bias_correction1
         # torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), into the kept buffer
         denom = state.denom
-        assert denom is not None  # made with the one-at-a-time form
+        if denom is None:
+            denom = state.denom = torch.empty_like(exp_avg_sq)
         torch.sqrt(exp_avg_sq, out=denom)
         denom.div_(bias_correction2**0.5).add_(self.eps)
         p.addcdiv_(exp_avg, denom, value=-step_size)
