@@ -14,12 +14,20 @@ Each run launches the README's quick-start sweep (``examples/lenet300-mnist.yaml
 - ``cpu_busy_s``: CPU-seconds the whole machine spent busy (all cores, ``/proc/stat``,
   sampled every 20 ms) from ``Popen`` to the first trial's start, and ``cpu_floor_s`` =
   ``cpu_busy_s`` / cores: the start-up if that work were spread perfectly over the
-  cores. Run it on an idle machine (``load_before`` is the 1-minute load at launch).
+  cores. Each launch waits first until the machine is idle (``settled_s``: less than
+  0.1 core busy over half a second, at most 20 s; ``load_before`` is the 1-minute load
+  at launch);
+- ``cpu_by_role``: the same window's CPU-seconds of the launched process and its
+  descendants, by role (``driver``, ``workers``, ``ray_agents``, ``ray_daemons``: the GCS
+  and the raylet, ``other``: crest's Ray watchdog), from ``/proc/<pid>/stat`` read every
+  50 ms (new processes found every 200 ms; the last reading before the first trial's
+  start).
 
 Variants, interleaved (each repeat runs every variant once, the order rotated):
 
 - ``lean``: the default (``ray: {local: lean}``): a local Ray without the autoscaler
-  monitor, the log monitor and the dashboard's API server;
+  monitor, the log monitor and the dashboard's API server, its dashboard agent minimal,
+  its clients trying to connect every 20 ms, and (the study is new) no idle workers;
 - ``full``: ``ray: {local: full}``, Ray started as ``ray.init`` starts it;
 - ``before`` (with ``--before PATH``): crest from another source tree, e.g. the commit
   before this work (``git worktree add /tmp/crest-before 70ef2ff``), with its own
@@ -39,6 +47,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,6 +147,106 @@ class CpuClock:
         return at(end) - at(start)
 
 
+class ProcClock:
+    """Samples, on a thread, the CPU-seconds of process ``root`` and its descendants
+    (``/proc/<pid>/stat``), each with its role read once from its command line."""
+
+    def __init__(self, root: int, period: float = 0.05) -> None:
+        self.root = root
+        self.samples: list[tuple[float, dict[int, float]]] = []
+        self.roles: dict[int, str] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
+        self._thread.start()
+
+    def _stats(self) -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU-seconds) of every process."""
+        out = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick)
+        return out
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _run(self, period: float) -> None:
+        """Every ``period``, the CPU of the known tree; every fourth, a scan of all of
+        ``/proc`` for new descendants first (the sampler's own cost stays small)."""
+        tree: set[int] = {self.root}
+        last: dict[int, float] = {}
+        tick = 0
+        while not self._stop.wait(period):
+            if tick % 4 == 0:
+                stats = self._stats()
+                grew = True
+                while grew:
+                    grew = False
+                    for pid, (ppid, _) in stats.items():
+                        if ppid in tree and pid not in tree:
+                            tree.add(pid)
+                            grew = True
+                for pid in tree - self.roles.keys():
+                    self.roles[pid] = self._role(pid)
+            tick += 1
+            for pid in tree:
+                cpu = self._cpu(pid)
+                if cpu is not None:
+                    last[pid] = cpu  # a process that ended keeps its last reading
+            self.samples.append((time.time(), dict(last)))
+
+    def _role(self, pid: int) -> str:
+        if pid == self.root:
+            return "driver"
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return "other"
+        first = line.split(" ", 1)[0]
+        if first.endswith(("gcs_server", "raylet")):
+            return "ray_daemons"
+        if first.endswith("Agent") or "dashboard/agent.py" in line or "runtime_env/agent" in line:
+            return "ray_agents"
+        if first.startswith("ray::") or "default_worker.py" in line:
+            return "workers"
+        return "other"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def by_role(self, at: float) -> dict[str, float]:
+        """CPU-seconds per role at the last sample before ``at`` (epoch seconds)."""
+        before = [cpu for when, cpu in self.samples if when <= at]
+        out: dict[str, float] = {}
+        for pid, seconds in (before[-1] if before else {}).items():
+            role = self.roles.get(pid, "other")
+            out[role] = out.get(role, 0.0) + seconds
+        return {k: round(v, 3) for k, v in sorted(out.items())}
+
+
+def settle(limit_s: float = 20.0, window_s: float = 0.5, busy_cores: float = 0.1) -> float:
+    """Wait until the machine is idle (less than ``busy_cores`` busy over ``window_s``: the
+    last launch's Ray has wound down), at most ``limit_s``; returns the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s:
+        before = CpuClock.busy()
+        time.sleep(window_s)
+        if CpuClock.busy() - before < busy_cores * window_s:
+            break
+    return time.monotonic() - began
+
+
 def launch(variant: str, root: Path, before: Path | None = None) -> dict[str, Any]:
     """One quick-start launch with ``variant``; its start-up and parts (s after Popen)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=root))
@@ -146,20 +255,29 @@ def launch(variant: str, root: Path, before: Path | None = None) -> dict[str, An
     if variant != "before":
         sweep.update(ray={"local": variant})
     (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    waited = settle()
     load_before = os.getloadavg()[0]
     with CpuClock() as cpu:
         launched = time.time()
-        done = subprocess.run([sys.executable, "-m", "crest", "--log-level", "info", "--log-file", "driver.log",
-                               "launch", "sweep.yaml", "-q"], cwd=workdir,
-                              env=env(before if variant == "before" and before else REPO), capture_output=True, text=True,
-                              timeout=TIMEOUT_S, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{variant}: crest exited with {done.returncode}:\n{done.stderr[-3000:]}")
+        proc = subprocess.Popen([sys.executable, "-m", "crest", "--log-level", "info", "--log-file", "driver.log",
+                                 "launch", "sweep.yaml", "-q"], cwd=workdir,
+                                env=env(before if variant == "before" and before else REPO),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs = ProcClock(proc.pid)
+        try:
+            _, stderr = proc.communicate(timeout=TIMEOUT_S)
+        finally:
+            procs.stop()
+            if proc.poll() is None:
+                proc.kill()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant}: crest exited with {proc.returncode}:\n{stderr[-3000:]}")
     first = min(t["start"] for t in crest_trials(workdir))
     marks = log_times(workdir / "driver.log")
     busy = cpu.between(launched, first)
-    out: dict[str, Any] = {"startup_s": first - launched, "load_before": load_before, "cpu_busy_s": busy,
-                           "cpu_floor_s": busy / (os.cpu_count() or 1)}
+    out: dict[str, Any] = {"startup_s": first - launched, "load_before": load_before, "settled_s": waited,
+                           "cpu_busy_s": busy,
+                           "cpu_floor_s": busy / (os.cpu_count() or 1), "cpu_by_role": procs.by_role(first)}
     for key in MARKS:
         out[key] = marks[key] - launched if key in marks else None
     out["ray_start_s"], out["ray_waited_s"] = marks.get("ray_start_s"), marks.get("ray_waited_s")
@@ -189,6 +307,10 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out[variant] = {k: v for k, v in medians.items() if v is not None}
         out[variant]["range_startup_s"] = [min(r["startup_s"] for r in reps), max(r["startup_s"] for r in reps)] \
             if reps and "startup_s" in reps[0] else None
+        roles = sorted({role for r in reps for role in r.get("cpu_by_role", {})})
+        if roles:
+            out[variant]["cpu_by_role"] = {
+                role: statistics.median(r.get("cpu_by_role", {}).get(role, 0.0) for r in reps) for role in roles}
     return out
 
 
@@ -210,6 +332,13 @@ def table(s: dict[str, Any]) -> str:
                      f" | {cell(row.get('cpu_busy_s'))} | {cell(row.get('cpu_floor_s'))} |")
     lines.append(f"| `ray.init` alone, lean / full | | | | | {cell(s.get('ray_init_lean', {}).get('ray_init_s'))} / "
                  f"{cell(s.get('ray_init_full', {}).get('ray_init_s'))} | | | |")
+    roles = ("driver", "workers", "ray_agents", "ray_daemons", "other")
+    lines += ["", "CPU-seconds before the first trial, by process (median):", "",
+              "| variant | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
+    for v in [*VARIANTS, "before"]:
+        by_role = s.get(v, {}).get("cpu_by_role")
+        if by_role:
+            lines.append(f"| {v} | " + " | ".join(cell(by_role.get(r)) for r in roles) + " |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from crest._reaper import RayReaper, reap_dead_runs
 from crest.exceptions import SweepError
-from crest.orchestrator._ray_private import lean_local_start
+from crest.orchestrator._ray_private import lean_local_start, lean_settings
 
 __all__ = ["RayStart", "connect", "disconnect"]
 
@@ -26,7 +26,7 @@ _LOCAL_DEFAULTS = {
 }
 
 
-def connect(address: str | None, *, cpus_needed: float, lean: bool = True) -> bool:
+def connect(address: str | None, *, cpus_needed: float, lean: bool = True, idle_workers: bool = True) -> bool:
     """Make sure this process is a Ray driver.
 
     Args:
@@ -34,6 +34,9 @@ def connect(address: str | None, *, cpus_needed: float, lean: bool = True) -> bo
         cpus_needed: CPUs the workers ask for; a local Ray gets at least this many.
         lean: a local Ray starts without the processes crest does not use (see
             :func:`crest.orchestrator._ray_private.lean_local_start`).
+        idle_workers: a local Ray's raylet starts one idle Python worker per CPU when the
+            driver connects, as ``ray.init`` has it; False (with ``lean``) starts none,
+            for a driver that starts its own workers at once.
 
     Returns:
         True when this call started Ray (and :func:`disconnect` should stop it).
@@ -61,7 +64,7 @@ def connect(address: str | None, *, cpus_needed: float, lean: bool = True) -> bo
         if address is None:
             # "local" always starts a new instance, never joining a cluster that another
             # process left running on this machine (or one named by RAY_ADDRESS)
-            _init_local(cpus_needed, lean=lean)
+            _init_local(cpus_needed, lean=lean, idle_workers=idle_workers)
         else:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError...
@@ -83,11 +86,13 @@ def connect(address: str | None, *, cpus_needed: float, lean: bool = True) -> bo
     return True
 
 
-def _init_local(cpus_needed: float, *, lean: bool) -> None:
-    """``ray.init`` of a new local instance with at least ``cpus_needed`` CPUs."""
+def _init_local(cpus_needed: float, *, lean: bool, idle_workers: bool = True) -> None:
+    """``ray.init`` of a new local instance with at least ``cpus_needed`` CPUs (``lean``:
+    see :func:`~crest.orchestrator._ray_private.lean_local_start` and
+    :func:`~crest.orchestrator._ray_private.lean_settings`)."""
     import ray
 
-    with lean_local_start() if lean else nullcontext(False):
+    with lean_local_start() if lean else nullcontext(False) as leaned:
         ray.init(
             address="local",
             num_cpus=max(int(-(-cpus_needed // 1)), os.cpu_count() or 1),
@@ -95,6 +100,7 @@ def _init_local(cpus_needed: float, *, lean: bool) -> None:
             object_store_memory=256 * 1024 * 1024,
             log_to_driver=False,
             logging_level=logging.WARNING,
+            _system_config=lean_settings(idle_workers=idle_workers) if leaned else None,
         )
 
 
@@ -133,10 +139,11 @@ class RayStart:
     started them ends, so a thread that returned would take Ray's GCS with it.
     """
 
-    def __init__(self, address: str | None, *, cpus_needed: float, lean: bool = True) -> None:
+    def __init__(self, address: str | None, *, cpus_needed: float, lean: bool = True, idle_workers: bool = True) -> None:
         self.address = address
         self._cpus_needed = cpus_needed
         self._lean = lean
+        self._idle_workers = idle_workers
         self._started = False
         self._error: BaseException | None = None
         self._up = threading.Event()
@@ -148,15 +155,17 @@ class RayStart:
         self._thread.start()
 
     @classmethod
-    def of(cls, config: Any) -> RayStart:
-        """The start a :class:`~crest.config.SweepConfig` asks for (its ``ray`` and ``workers``)."""
+    def of(cls, config: Any, *, idle_workers: bool = True) -> RayStart:
+        """The start a :class:`~crest.config.SweepConfig` asks for (its ``ray`` and
+        ``workers``); ``idle_workers``: see :func:`connect`."""
         ray_opts = config.ray
         return cls(ray_opts.address, cpus_needed=config.workers * ray_opts.cpus_per_worker,
-                   lean=ray_opts.local == "lean")
+                   lean=ray_opts.local == "lean", idle_workers=idle_workers)
 
     def _run(self) -> None:
         try:
-            self._started = connect(self.address, cpus_needed=self._cpus_needed, lean=self._lean)
+            self._started = connect(self.address, cpus_needed=self._cpus_needed, lean=self._lean,
+                                    idle_workers=self._idle_workers)
         except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread by result()
             self._error = e
         finally:

@@ -99,24 +99,31 @@ class SweepDriver:
 
     def run(self) -> SweepSummary:
         """Launch or resume the study and run it to ``n_trials`` complete trials."""
-        with self._session(for_sensitivity=False) as session:
-            study = optuna.create_study(
-                study_name=self.config.study,
-                storage=session.store.optuna_storage(),
-                sampler=make_sampler(self.config, seed_offset=self._existing_trials(session.store)),
-                directions=directions(self.config),
-                load_if_exists=True,
-            )
-            # what optuna-dashboard shows: objective names, and the sweep file as the study's note
-            with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                names = {"size": "size_bytes", "latency": "latency_ms"}
-                study.set_metric_names([names.get(o, o) for o in self.config.objectives])
-            storage = session.store.optuna_storage()
-            write_study_note(storage, storage.get_study_id_from_name(self.config.study), session.info.sweep_yaml)
-            ledger = TrialLedger(session.store, study, session.info, self.config, retry_budget=self.options.db_retry)
+        opened: list[optuna.Study] = []  # the Optuna study, opened while a local baseline trains
+        with self._session(for_sensitivity=False,
+                           prepare=lambda store, info: opened.append(self._open_study(store, info))) as session:
+            ledger = TrialLedger(session.store, opened[0], session.info, self.config,
+                                 retry_budget=self.options.db_retry)
             ledger.recover()
             return SweepLoop(session, ledger).sweep()
+
+    def _open_study(self, store: Store, info: StudyInfo) -> optuna.Study:
+        """The study's Optuna study, created or loaded, with what optuna-dashboard shows:
+        the objectives' names, and the sweep file as the study's note."""
+        study = optuna.create_study(
+            study_name=self.config.study,
+            storage=store.optuna_storage(),
+            sampler=make_sampler(self.config, seed_offset=self._existing_trials(store)),
+            directions=directions(self.config),
+            load_if_exists=True,
+        )
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            names = {"size": "size_bytes", "latency": "latency_ms"}
+            study.set_metric_names([names.get(o, o) for o in self.config.objectives])
+        storage = store.optuna_storage()
+        write_study_note(storage, storage.get_study_id_from_name(self.config.study), info.sweep_yaml)
+        return study
 
     def sensitivity(self, sparsities: Sequence[float], *, layers: Sequence[str] | None = None) -> dict[str, Points]:
         """Measure each layer's prune-only sensitivity on the worker pool and store it.
@@ -144,13 +151,23 @@ class SweepDriver:
     # setting up -------------------------------------------------------------------------
 
     @contextmanager
-    def _session(self, *, for_sensitivity: bool) -> Iterator[RunContext]:
-        """Everything a run needs, set up in order and torn down in reverse.
+    def _session(
+        self, *, for_sensitivity: bool, prepare: Callable[[Store, StudyInfo], None] | None = None
+    ) -> Iterator[RunContext]:
+        """Everything a run needs, set up in order and torn down in reverse. ``prepare``:
+        the run's own set-up that needs the study's row but not its baseline (the sweep
+        opens its Optuna study), called after the decoder checks and before the baseline
+        is waited for, so that it runs while a local baseline trains.
 
         Ray starts first, on a thread (:class:`RayStart`): its processes come up while the
         workload is imported, the database opened and, for a new study on this host's CPU,
         the baseline trained (see :func:`trains_here`; it starts on a read made before
-        the lease, and is not used if the study turns out to have one)."""
+        the lease, and is not used if the study turns out to have one).
+
+        A study certainly new (an early baseline: its SQLite file did not exist) has
+        nothing stored to check the decoder on, so its first workers start as soon as Ray
+        answers, before the database is created: their start (a process that imports
+        torch and the workload) is as long as the baseline's training, and runs beside it."""
         cfg = self.config
         t0 = time.monotonic()
         with ExitStack() as stack:
@@ -164,6 +181,10 @@ class SweepDriver:
             plan = self._plan(model, None if for_sensitivity else sensitivity)
             # (an early baseline means the database did not exist: the read found no baseline)
             local = early or (None if has_baseline else self._local_baseline(workload))
+            pool = WorkerPool(cfg, plan, None, None, list(self.options.search_path))
+            stack.callback(pool.kill_all)
+            if early is not None:
+                self._start_early(ray_start, pool, early)
             store = Store(self.storage_url, create=True)
             stack.callback(store.close)
             info = self._take_study(store)
@@ -171,18 +192,16 @@ class SweepDriver:
             lease.start()
             stack.callback(lease.release)
             info = self._update_study(store, info)
+            pool.bind(store, info.id)
             if local is not None and info.baseline_sha256 is not None:
                 logger.info("study '%s' has a baseline already: the one trained here is not used", info.name)
                 local = None
-            started_here = self._wait_for_ray(ray_start)
-            pool = WorkerPool(cfg, plan, store, info.id, list(self.options.search_path))
-            stack.callback(pool.kill_all)
             artifacts = self._check_artifacts(store, info)
-            pool.scan_nodes(artifacts, here=self._node_checked_here(started_here))
-            # a new study's baseline trainer and the other workers start while the decoder checks run
-            trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None and local is None else None
-            pool.prestart(checking=True, limit=None if local is None else self._spare_workers(local))
+            # (an early start has started the pool; the baseline trains here, or the study has one by now)
+            trainer = None if early is not None else self._start_pool(ray_start, pool, info, artifacts, local)
             self._check_nodes(store, info, pool)
+            if prepare is not None:
+                prepare(store, info)
             info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model),
                                                   trainer or local)
             yield RunContext(
@@ -207,6 +226,30 @@ class SweepDriver:
         if not trains_here(self.config):
             return None
         return LocalBaseline(workload, self.config.seed, threads=baseline_threads(self.config))
+
+    def _start_pool(
+        self, ray_start: RayStart, pool: WorkerPool, info: StudyInfo, artifacts: list[bytes],
+        local: LocalBaseline | None,
+    ) -> Any:
+        """Wait for Ray, then start every node's decoder check (on ``artifacts``) and, while
+        the checks run, a new study's baseline trainer (when ``local`` does not train it
+        here) and the other workers. Returns that trainer (a worker actor), or None."""
+        started_here = self._wait_for_ray(ray_start)
+        pool.scan_nodes(artifacts, here=self._node_checked_here(started_here))
+        trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None and local is None else None
+        pool.prestart(checking=True, limit=None if local is None else self._spare_workers(local))
+        return trainer
+
+    def _start_early(self, ray_start: RayStart, pool: WorkerPool, local: LocalBaseline) -> None:
+        """For a study certainly new: wait for Ray, start this node's decoder check (on no
+        stored artifact: there is none) and the workers the baseline's training leaves
+        CPUs for, before the database is created. The check is recorded once the pool is
+        bound to the study. A driver that then finds the study stored after all (another
+        made it meanwhile) holds no lease on it (LeaseError), or finds its baseline, and
+        loads that."""
+        started_here = self._wait_for_ray(ray_start)
+        pool.scan_nodes([], here=self._node_checked_here(started_here))
+        pool.prestart(checking=True, limit=self._spare_workers(local))
 
     def _spare_workers(self, local: LocalBaseline) -> int:
         """Workers to start while the baseline trains here: as many as the CPUs it leaves

@@ -101,13 +101,16 @@ class WorkerPool:
     Args:
         config: the sweep (workers, CPUs and GPUs per worker, workload, seed).
         plan: the resolved stages, handed to every worker.
-        store: where node checks are recorded.
+        store: where node checks are recorded, with ``study_id``, the study they belong
+            to; None until :meth:`bind` gives them (a new study's pool may start
+            workers and checks before its database exists; a check is recorded when it
+            is settled, which needs them).
         study_id: the study the checks belong to.
         search_path: directories for importing a ``module:function`` workload.
     """
 
     def __init__(
-        self, config: SweepConfig, plan: TrialPlan, store: Store, study_id: int, search_path: list[str]
+        self, config: SweepConfig, plan: TrialPlan, store: Store | None, study_id: int | None, search_path: list[str]
     ) -> None:
         self._config = config
         self._plan = plan
@@ -173,8 +176,15 @@ class WorkerPool:
             started += 1
         return started
 
+    def bind(self, store: Store, study_id: int) -> None:
+        """Where the node checks are recorded from now on: ``store``, for ``study_id``."""
+        self._store, self._study_id = store, study_id
+
     def _settle_check(self, node_id: str, row: dict[str, Any]) -> NodeChecked:
-        retry_transient(lambda: self._store.record_node_check(self._study_id, row),
+        store, study_id = self._store, self._study_id
+        if store is None or study_id is None:
+            raise RuntimeError("bind must be called before a check is settled")
+        retry_transient(lambda: store.record_node_check(study_id, row),
                         what=f"recording the decoder check of node {node_id[:8]}")
         if node_id in self._nodes:
             self._nodes[node_id].passed = bool(row["passed"])

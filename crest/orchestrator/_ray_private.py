@@ -1,17 +1,34 @@
 """Every use of Ray's private API in crest, in one place: a lean local Ray.
 
-``ray.init`` starts, besides the GCS, the raylet and its agents, three processes that a
-crest driver's own local Ray never uses: the autoscaler's monitor (there is nothing to
-scale), the log monitor (crest passes ``log_to_driver=False``) and the dashboard's API
-server (started even with ``include_dashboard=False``, for usage statistics, which crest
-turns off; ``ray.init`` waits for it to come up). Then ``ray.init`` waits for the raylet
-to register, with a call (``ray._private.services.get_node``) that looks, fails, and looks
-again a second later whenever the raylet (which registers once its agents are up) was not
-yet there. :func:`lean_local_start` has ``ray.init`` skip the three processes, by
-replacing the three ``Node`` methods that start them, and look for the raylet every
-20 ms before that call, for the duration of the ``ray.init``. ``bench/startup.py``
-measures both: on the 2-core development machine, ``ray.init`` alone took 1.4 s lean and
-2.5-3.5 s full, and a lean start spent 1.7 fewer CPU-seconds before the first trial.
+What ``ray.init`` does for a local instance that a crest driver's own Ray does without:
+
+- It starts three processes such a Ray never uses: the autoscaler's monitor (there is
+  nothing to scale), the log monitor (crest passes ``log_to_driver=False``) and the
+  dashboard's API server (started even with ``include_dashboard=False``, for usage
+  statistics, which crest turns off; ``ray.init`` waits for it to come up).
+- It waits for the raylet to register with a call (``ray._private.services.get_node``)
+  that looks, fails, and looks again a second later whenever the raylet (which registers
+  once its agents are up) was not yet there.
+- The raylet, at its start, connects to its object store; when the store's socket is not
+  yet there it waits a whole second before it tries again (Ray's setting
+  ``raylet_client_connect_timeout_milliseconds``). On a busy 2-core machine one start in
+  three paid that second.
+- Where Ray's dashboard packages are installed (``ray[default]``), ``ray.init`` imports
+  them to decide how to start the dashboard agent (aiohttp builds its TLS contexts as it
+  is imported), then starts the agent whole, for a dashboard that is not running.
+- Once the driver connects, the raylet starts one idle Python worker per CPU (each imports
+  Ray: about 0.8 CPU-seconds). A driver that starts its own workers at once (a certainly
+  new study, whose baseline trains in the driver meanwhile) has no use for them, and they
+  take CPU from that training.
+
+:func:`lean_local_start` has ``ray.init`` skip the three processes (it replaces the three
+``Node`` methods that start them), look for the raylet every 20 ms before that call, and
+count the dashboard's packages as missing (the agent then starts ``--minimal``, as it does
+where they are not installed), for the duration of the ``ray.init``. The caller passes
+:func:`lean_settings` as ``ray.init``'s ``_system_config``, which only a new local
+instance takes: clients try again every 20 ms (:data:`QUICK_CONNECT`), and a driver that
+starts its own workers at once asks for no idle ones (:data:`NO_IDLE_WORKERS`).
+``bench/startup.py`` measures a lean start against a full one and against earlier commits.
 ``ray: {local: full}`` in a sweep file starts Ray as ``ray.init`` does.
 :func:`check_private_api` (run by the test suite against the Ray that is installed) fails
 loudly when a release renames any of this; crest itself then falls back to a full start,
@@ -27,11 +44,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["SKIPPED", "check_private_api", "lean_local_start"]
+__all__ = ["NO_IDLE_WORKERS", "QUICK_CONNECT", "SKIPPED", "check_private_api", "lean_local_start", "lean_settings"]
 
 logger = logging.getLogger(__name__)
 
 SKIPPED = ("start_monitor", "start_log_monitor", "start_api_server")  # methods of ray._private.node.Node
+# Ray's own settings (ray_config_def.h), for ray.init's _system_config (a new local instance
+# takes them, its raylet and workers too); a key this Ray does not know would stop its GCS
+# from starting, so check_private_api looks for each in Ray's core library.
+# A client of the raylet or of its object store (the raylet itself, at its start, and every
+# worker) that finds the socket not yet there tries again 20 ms later, not 1 s, as often
+# for as long in all (10 s).
+QUICK_CONNECT: dict[str, int] = {"raylet_client_connect_timeout_milliseconds": 20,
+                                 "raylet_client_num_connect_attempts": 500}
+# no idle workers started when the driver connects (for a driver that starts its own at once)
+NO_IDLE_WORKERS: dict[str, bool] = {"prestart_worker_first_driver": False}
 REGISTRATION_POLL_S = 0.02
 REGISTRATION_WAIT_S = 30.0  # as long as ray.init itself waits for its raylet
 
@@ -46,17 +73,44 @@ def _node_class() -> Any:
 
 def check_private_api() -> None:
     """Raise RuntimeError when the installed Ray lacks what :func:`lean_local_start` replaces or uses."""
-    from ray._private import services, state
+    from ray._private import services, state, utils
 
     node = _node_class()
     missing = [f"Node.{name}" for name in SKIPPED if not callable(node.__dict__.get(name))]
     missing += [f"services.{name}" for name in ("get_node", "_get_gcs_client_options")
                 if not callable(getattr(services, name, None))]
+    missing += [f"utils.{name}" for name in ("get_dashboard_dependency_error",)
+                if not callable(getattr(utils, name, None))]
     missing += [f"GlobalState.{name}" for name in ("_initialize_global_state", "node_table")
                 if not callable(getattr(getattr(state, "GlobalState", None), name, None))]
+    missing += [f"the setting {key}" for key in (*QUICK_CONNECT, *NO_IDLE_WORKERS) if not _knows_setting(key)]
     if missing:
         raise RuntimeError(f"ray._private lacks {', '.join(missing)} (Ray {_ray_version()}): "
                            "update crest/orchestrator/_ray_private.py")
+
+
+def lean_settings(*, idle_workers: bool = True) -> dict[str, Any]:
+    """``ray.init``'s ``_system_config`` for a lean local start: :data:`QUICK_CONNECT`, and
+    :data:`NO_IDLE_WORKERS` unless ``idle_workers``."""
+    return {**QUICK_CONNECT, **({} if idle_workers else NO_IDLE_WORKERS)}
+
+
+def _knows_setting(key: str) -> bool:
+    """Whether Ray's core library (``ray._raylet``, built from the same settings file as its
+    GCS and raylet) names the setting ``key``: it is mapped, not read, and already loaded."""
+    import mmap
+
+    from ray import _raylet
+
+    path = getattr(_raylet, "__file__", None)
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
+            return image.find(key.encode() + b"\0") >= 0
+    except (OSError, ValueError) as e:
+        logger.debug("cannot read %s: %s", path, e)
+        return False
 
 
 def _ray_version() -> str:
@@ -67,6 +121,13 @@ def _ray_version() -> str:
 
 def _skip(self: Any, *args: Any, **kwargs: Any) -> None:
     """In place of a ``Node`` method that would start a process crest does not use."""
+
+
+def _no_dashboard() -> ImportError:
+    """In place of ``ray._private.utils.get_dashboard_dependency_error``: the dashboard's
+    packages count as missing, so Ray imports none of them (aiohttp builds its TLS
+    contexts as it is imported) and starts its dashboard agent ``--minimal``."""
+    return ImportError("a lean local Ray runs no dashboard")
 
 
 def _registered_first(get_node: Any) -> Any:
@@ -107,7 +168,7 @@ def lean_local_start() -> Iterator[bool]:
         logger.warning("starting a full local Ray: %s", e)
         yield False
         return
-    from ray._private import services
+    from ray._private import services, utils
 
     node = _node_class()
     with _lock:
@@ -116,9 +177,12 @@ def lean_local_start() -> Iterator[bool]:
         for name in SKIPPED:
             setattr(node, name, _skip)
         services.get_node = _registered_first(get_node)
+        dependency_error = utils.get_dashboard_dependency_error
+        utils.get_dashboard_dependency_error = _no_dashboard
         try:
             yield True
         finally:
+            utils.get_dashboard_dependency_error = dependency_error
             for name, method in saved.items():
                 setattr(node, name, method)
             services.get_node = get_node

@@ -323,6 +323,18 @@ def test_a_baseline_begun_before_the_driver_is_the_one_it_stores(
     blob, _ = early.result()  # (that it is the baseline a worker trains is tested in test_local_start)
     store = Store(sqlite_url, create=False)
     try:
-        assert store.require_study("tiny").baseline_sha256 == hashlib.sha256(blob).hexdigest()
+        info = store.require_study("tiny")
+        assert info.baseline_sha256 == hashlib.sha256(blob).hexdigest()
+        # the node check made before the database existed is recorded
+        assert [c["passed"] for c in store.node_checks(info.id)] == [True]
+        assert optuna.load_study(study_name="tiny", storage=store.optuna_storage()).metric_names is not None
     finally:
         store.close()
+
+    def first(text: str) -> int:
+        return next(i for i, r in enumerate(caplog.records) if text in r.getMessage())
+
+    # a certainly new study: its first worker starts before the database is created, and
+    # the Optuna study is opened while the baseline trains, not after it
+    assert first("ahead of the baseline") < first("upgrading crest's tables") < first("creating study")
+    assert first("as the note of Optuna study") < first("baseline of study 'tiny'")

@@ -104,19 +104,35 @@ def test_the_installed_ray_has_what_the_lean_start_replaces() -> None:
     check_private_api()  # fails when a Ray release renames them: update _ray_private.py
 
 
+def test_a_setting_this_ray_does_not_know_makes_the_start_a_full_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key Ray does not know would stop its GCS from starting (ray.init then times out):
+    check_private_api names it, and lean_local_start falls back to a full start."""
+    from crest.orchestrator import _ray_private
+
+    assert _ray_private._knows_setting("prestart_worker_first_driver")
+    monkeypatch.setattr(_ray_private, "NO_IDLE_WORKERS", {"crest_no_such_setting": False})
+    with pytest.raises(RuntimeError, match="the setting crest_no_such_setting"):
+        check_private_api()
+    with lean_local_start() as lean:
+        assert lean is False
+
+
 def test_the_lean_start_puts_rays_functions_back_even_after_an_error() -> None:
-    from ray._private import services
+    from ray._private import services, utils
     from ray._private.node import Node
 
     before = {name: Node.__dict__[name] for name in SKIPPED}
     get_node = services.get_node
+    dependency_error = utils.get_dashboard_dependency_error
     with pytest.raises(KeyError), lean_local_start() as lean:
         assert lean is True
         assert all(Node.__dict__[name] is not before[name] for name in SKIPPED)
         assert services.get_node is not get_node
+        assert isinstance(utils.get_dashboard_dependency_error(), ImportError)  # the agent starts --minimal
         raise KeyError("boom")
     assert {name: Node.__dict__[name] for name in SKIPPED} == before
     assert services.get_node is get_node
+    assert utils.get_dashboard_dependency_error is dependency_error
 
 
 START_SCRIPT = textwrap.dedent(
@@ -133,9 +149,13 @@ START_SCRIPT = textwrap.dedent(
         except OSError:
             return ""
 
-    start = RayStart(None, cpus_needed=1, lean=sys.argv[1] == "lean")
+    start = RayStart(None, cpus_needed=1, lean=sys.argv[1] == "lean", idle_workers=sys.argv[2] == "idle")
     started = start.result()
     time.sleep(1.0)  # the starting thread must keep Ray's processes alive after the start
+    def is_worker(line):  # a Python worker (idle, or still starting), not the raylet naming its command
+        return line.startswith("ray::IDLE") or ("default_worker.py" in line and not line.split(" ")[0].endswith("raylet"))
+
+    idle = [p for p in descendants(os.getpid()) if is_worker(cmdline(p))]  # before any task
     import ray
 
     @ray.remote
@@ -143,21 +163,26 @@ START_SCRIPT = textwrap.dedent(
         return x * x
 
     answer = ray.get(square.remote(7), timeout=60)
+    from ray._raylet import Config
+    retry_ms = Config.raylet_client_connect_timeout_milliseconds()  # what this Ray took
     names = [cmdline(p) for p in descendants(os.getpid())]
     start.stop()
     start.stop()  # a second stop does nothing
     time.sleep(0.5)
     left = [p for p in descendants(os.getpid()) if cmdline(p)]  # a zombie has an empty command line
     print(json.dumps({"started": started, "answer": answer, "names": names, "left": left,
-                      "seconds": start.seconds}))
+                      "seconds": start.seconds, "idle": len(idle), "retry_ms": retry_ms}))
     """
 )
 
 
-@pytest.mark.parametrize("mode", ["lean", "full"])
-def test_ray_started_on_a_thread_serves_the_driver_and_stops(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "idle"), [("lean", "none"), ("lean", "idle"), ("full", "none")])
+def test_ray_started_on_a_thread_serves_the_driver_and_stops(tmp_path: Path, mode: str, idle: str) -> None:
+    """A lean start skips three of Ray's processes, and without idle workers (a driver that
+    starts its own at once) its raylet starts none; a full one is ``ray.init``'s own, idle
+    workers included whatever is asked."""
     (tmp_path / "start.py").write_text(START_SCRIPT)
-    run = subprocess.run([sys.executable, "start.py", mode], cwd=tmp_path, check=False, capture_output=True,
+    run = subprocess.run([sys.executable, "start.py", mode, idle], cwd=tmp_path, check=False, capture_output=True,
                          text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
@@ -167,8 +192,16 @@ def test_ray_started_on_a_thread_serves_the_driver_and_stops(tmp_path: Path, mod
     skipped = ["autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py"]
     if mode == "lean":
         assert not [s for s in skipped if s in names], names
+        assert out["retry_ms"] == 20, "a lean Ray's clients try to connect again after 20 ms, not 1 s"
+        raylet = [line for line in out["names"] if line.split(" ")[0].endswith("raylet")]
+        assert len(raylet) == 1 and "--minimal" in raylet[0], "the raylet starts the dashboard agent --minimal"
     else:
         assert all(s in names for s in skipped), names
+        assert out["retry_ms"] == 1000, "a full start is ray.init's own"
+    if mode == "lean" and idle == "none":
+        assert out["idle"] == 0, "the raylet started idle workers though the driver starts its own"
+    else:
+        assert out["idle"] >= 1, "ray.init's own start has the raylet start idle workers"
     assert out["left"] == [], "Ray's processes outlived stop()"
     assert "SIGTERM handler is not set" not in run.stderr
 

@@ -160,6 +160,29 @@ def test_the_baseline_trainer_starts_while_its_node_is_checked_and_stays_only_if
 
 
 @pytest.mark.usefixtures("ray_local")
+def test_a_pool_checks_before_its_study_exists_and_records_the_check_once_bound(sqlite_url: str) -> None:
+    """A new study's pool starts its node's check before the database is created; the
+    check is recorded when it is settled, which needs the store: settling it unbound is
+    an error, not a lost row."""
+    from crest.orchestrator._pool import WorkerPool
+
+    bound, store = _pool(sqlite_url)
+    try:
+        pool = WorkerPool(bound._config, bound._plan, None, None, [])
+        assert pool.scan_nodes([]) == 1
+        with pytest.raises(RuntimeError, match="bind must be called before a check is settled"):
+            pool.wait_for_checks()
+        study = store.require_study("tiny")
+        pool = WorkerPool(bound._config, bound._plan, None, None, [])
+        pool.scan_nodes([])
+        pool.bind(store, study.id)
+        pool.wait_for_checks()
+        assert pool.passed_nodes() and [c["passed"] for c in store.node_checks(study.id)] == [True]
+    finally:
+        store.close()
+
+
+@pytest.mark.usefixtures("ray_local")
 def test_workers_started_before_the_baseline_load_it_when_it_exists(sqlite_url: str) -> None:
     """prestart starts the workers the nodes have room for while the baseline trains; fill
     has them load it, and they become idle workers (real actors, a real baseline)."""
