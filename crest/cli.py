@@ -211,13 +211,13 @@ def _driver_options(lease_ttl: float) -> Any:
 def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> None:
     from crest._progress import ProgressPrinter
     from crest.config import DEFAULT_STORAGE
-    from crest.orchestrator._baseline import early_baseline, new_study_here
+    from crest.orchestrator._baseline import early_baseline, starts_own_workers
     from crest.orchestrator._cluster import RayStart
 
     # Ray's processes start while the driver's imports (Optuna, SQLAlchemy, torch) run; the
     # driver of a certainly new study starts its first worker as soon as Ray answers, so Ray
     # starts no idle ones (they would take CPU from the baseline's training)
-    ray_start = RayStart.of(config, idle_workers=not new_study_here(config))
+    ray_start = RayStart.of(config, idle_workers=not starts_own_workers(config))
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
         options = _driver_options(lease_ttl)

@@ -23,7 +23,8 @@ from crest.exceptions import CrestError, SweepError
 if TYPE_CHECKING:
     from crest.tasks import Workload
 
-__all__ = ["LocalBaseline", "early_baseline", "new_study_here", "release_freed_memory", "trains_here"]
+__all__ = ["LocalBaseline", "early_baseline", "new_study_here", "release_freed_memory", "starts_own_workers",
+           "trains_here"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,16 @@ def new_study_here(config: Any) -> bool:
     return config.storage is not None and trains_here(config) and _new_sqlite_file(config.storage)
 
 
+def starts_own_workers(config: Any) -> bool:
+    """Whether the driver of this sweep starts its first workers as soon as Ray answers and
+    has no use for Ray's idle ones: a study certainly new (:func:`new_study_here`) whose
+    node's decoder check runs in the driver (CuPy is not installed; where it is, the check
+    is a Ray task, which an idle worker takes at once)."""
+    import importlib.util
+
+    return new_study_here(config) and importlib.util.find_spec("cupy") is None
+
+
 def early_baseline(config: Any, search_path: list[str]) -> LocalBaseline | None:
     """The baseline's training begun now, before the driver imports Optuna and SQLAlchemy,
     when it :func:`trains_here` and the study is certainly new: its database is a SQLite
@@ -155,10 +166,12 @@ def release_freed_memory() -> bool:
     """Collect the young garbage, then have glibc give freed heap memory back to the
     operating system (``malloc_trim(0)``, every arena). Returns False where there is no glibc.
 
-    A training's tensors are freed when their last reference goes; the collection is for
-    the cycles a training leaves, which are young. A full one found nothing after the quick
-    start's baseline and took 0.09-0.15 s holding the GIL (torch, Ray, Optuna and
-    SQLAlchemy imported), while the driver's threads need it."""
+    A training's tensors are freed when their last reference goes. A full collection found
+    nothing after the quick start's baseline and took 0.09-0.15 s holding the GIL (torch,
+    Ray, Optuna and SQLAlchemy imported), while the driver's threads need it; so only the
+    young generations are collected. A model held in a reference cycle that outlived them
+    (a forward hook bound to the model, say) is freed by Python's next full collection,
+    and its memory is not given back here."""
     gc.collect(1)
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

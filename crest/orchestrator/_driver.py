@@ -3,7 +3,8 @@
 A run walks one way: the sweep (a :class:`~crest.config.SweepConfig`) resolves to a plan
 and a workload before anything is written; the study's row and its lease come next, then
 Ray, the decoder check of every node, the baseline, and a pool of workers on the nodes
-that passed. A new study's baseline trainer starts while the decoder checks run (it
+that passed. (A study certainly new, whose baseline trains in the driver, has nothing
+stored: Ray, its node's check and the first worker come before its row.) A new study's baseline trainer starts while the decoder checks run (it
 becomes a worker only if its node passes; the baseline, encoded on the host, is kept
 either way). Then a loop (:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
 :class:`~crest.orchestrator._sensitivity_loop.SensitivityLoop`) runs to the end, and the
@@ -165,9 +166,10 @@ class SweepDriver:
         the lease, and is not used if the study turns out to have one).
 
         A study certainly new (an early baseline: its SQLite file did not exist) has
-        nothing stored to check the decoder on, so its first workers start as soon as Ray
-        answers, before the database is created: their start (a process that imports
-        torch and the workload) is as long as the baseline's training, and runs beside it."""
+        nothing stored to check the decoder on, so the driver waits for Ray first and starts
+        its node's check and first workers as soon as Ray answers, then creates the
+        database: a worker's start (a process that imports torch and the workload) is as
+        long as the baseline's training, and runs beside it."""
         cfg = self.config
         t0 = time.monotonic()
         with ExitStack() as stack:
@@ -191,11 +193,10 @@ class SweepDriver:
             lease = LeaseKeeper(store, info.id, info.name, self.owner, self.options.heartbeat)
             lease.start()
             stack.callback(lease.release)
+            stack.callback(pool.kill_all)  # the workers stop before the lease goes (the first call)
             info = self._update_study(store, info)
             pool.bind(store, info.id)
-            if local is not None and info.baseline_sha256 is not None:
-                logger.info("study '%s' has a baseline already: the one trained here is not used", info.name)
-                local = None
+            local = self._unless_stored(info, local, early=early is not None)
             artifacts = self._check_artifacts(store, info)
             # (an early start has started the pool; the baseline trains here, or the study has one by now)
             trainer = None if early is not None else self._start_pool(ray_start, pool, info, artifacts, local)
@@ -226,6 +227,17 @@ class SweepDriver:
         if not trains_here(self.config):
             return None
         return LocalBaseline(workload, self.config.seed, threads=baseline_threads(self.config))
+
+    @staticmethod
+    def _unless_stored(info: StudyInfo, local: LocalBaseline | None, *, early: bool) -> LocalBaseline | None:
+        """``local``, the baseline trained here, unless the study has one by now (None then)."""
+        if local is None or info.baseline_sha256 is None:
+            return local
+        logger.info("study '%s' has a baseline already: the one trained here is not used", info.name)
+        if early:  # another driver stored the study between the CLI's look and this one's
+            logger.info("study '%s' was stored meanwhile: this node's decoder check ran on no stored artifact",
+                        info.name)
+        return None
 
     def _start_pool(
         self, ray_start: RayStart, pool: WorkerPool, info: StudyInfo, artifacts: list[bytes],

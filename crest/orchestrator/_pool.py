@@ -343,10 +343,11 @@ class WorkerPool:
         return len(self._node_of)
 
     def kill_all(self) -> None:
-        """Stop every actor this pool started."""
+        """Stop every actor this pool started (again: nothing)."""
         import ray
 
-        for actor in self._started:
+        started, self._started = self._started, []
+        for actor in started:
             ray.kill(actor, no_restart=True)
 
     # events -------------------------------------------------------------------------------

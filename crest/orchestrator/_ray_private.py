@@ -50,10 +50,10 @@ logger = logging.getLogger(__name__)
 
 SKIPPED = ("start_monitor", "start_log_monitor", "start_api_server")  # methods of ray._private.node.Node
 # Ray's own settings (ray_config_def.h), for ray.init's _system_config (a new local instance
-# takes them, its raylet and workers too); a key this Ray does not know would stop its GCS
-# from starting, so check_private_api looks for each in Ray's core library.
-# A client of the raylet or of its object store (the raylet itself, at its start, and every
-# worker) that finds the socket not yet there tries again 20 ms later, not 1 s, as often
+# takes them); a key this Ray does not know would stop its GCS from starting, so
+# lean_settings leaves out any that Ray does not name (_knows_setting), with a warning.
+# A client of the raylet or of its object store that finds the socket not yet there (the
+# raylet itself, at its start, among others) tries again 20 ms later, not 1 s, as often
 # for as long in all (10 s).
 QUICK_CONNECT: dict[str, int] = {"raylet_client_connect_timeout_milliseconds": 20,
                                  "raylet_client_num_connect_attempts": 500}
@@ -72,7 +72,17 @@ def _node_class() -> Any:
 
 
 def check_private_api() -> None:
-    """Raise RuntimeError when the installed Ray lacks what :func:`lean_local_start` replaces or uses."""
+    """Raise RuntimeError when the installed Ray lacks what :func:`lean_local_start` replaces
+    or uses, or a setting :func:`lean_settings` may pass (the test suite runs it)."""
+    missing = _missing_functions()
+    missing += [f"the setting {key}" for key in (*QUICK_CONNECT, *NO_IDLE_WORKERS) if not _knows_setting(key)]
+    if missing:
+        raise RuntimeError(f"ray._private lacks {', '.join(missing)} (Ray {_ray_version()}): "
+                           "update crest/orchestrator/_ray_private.py")
+
+
+def _missing_functions() -> list[str]:
+    """What :func:`lean_local_start` replaces or calls and this Ray lacks."""
     from ray._private import services, state, utils
 
     node = _node_class()
@@ -83,25 +93,31 @@ def check_private_api() -> None:
                 if not callable(getattr(utils, name, None))]
     missing += [f"GlobalState.{name}" for name in ("_initialize_global_state", "node_table")
                 if not callable(getattr(getattr(state, "GlobalState", None), name, None))]
-    missing += [f"the setting {key}" for key in (*QUICK_CONNECT, *NO_IDLE_WORKERS) if not _knows_setting(key)]
-    if missing:
-        raise RuntimeError(f"ray._private lacks {', '.join(missing)} (Ray {_ray_version()}): "
-                           "update crest/orchestrator/_ray_private.py")
+    return missing
 
 
 def lean_settings(*, idle_workers: bool = True) -> dict[str, Any]:
     """``ray.init``'s ``_system_config`` for a lean local start: :data:`QUICK_CONNECT`, and
-    :data:`NO_IDLE_WORKERS` unless ``idle_workers``."""
-    return {**QUICK_CONNECT, **({} if idle_workers else NO_IDLE_WORKERS)}
+    :data:`NO_IDLE_WORKERS` unless ``idle_workers``; less any setting this Ray does not
+    name (left out with a warning: Ray's GCS would not start with it)."""
+    wanted = {**QUICK_CONNECT, **({} if idle_workers else NO_IDLE_WORKERS)}
+    unknown = [key for key in wanted if not _knows_setting(key)]
+    if unknown:
+        logger.warning("Ray %s has no setting %s: started without it (update crest/orchestrator/_ray_private.py)",
+                       _ray_version(), ", ".join(unknown))
+    return {key: value for key, value in wanted.items() if key not in unknown}
 
 
 def _knows_setting(key: str) -> bool:
-    """Whether Ray's core library (``ray._raylet``, built from the same settings file as its
-    GCS and raylet) names the setting ``key``: it is mapped, not read, and already loaded."""
+    """Whether this Ray has the setting ``key``: a getter of ``ray._raylet.Config``, else
+    its name in Ray's core library (``ray._raylet``, built from the same settings file as
+    its GCS and raylet; searched through a memory map, about 7 ms for 44 MB here)."""
     import mmap
 
     from ray import _raylet
 
+    if hasattr(getattr(_raylet, "Config", None), key):
+        return True
     path = getattr(_raylet, "__file__", None)
     if not path:
         return False
@@ -163,9 +179,12 @@ def lean_local_start() -> Iterator[bool]:
     raylet every 20 ms; all is put back on exit. Yields False (and changes nothing) when
     this Ray lacks what it replaces."""
     try:
-        check_private_api()
-    except (ImportError, RuntimeError) as e:
-        logger.warning("starting a full local Ray: %s", e)
+        missing = _missing_functions()
+    except ImportError as e:
+        missing = [str(e)]
+    if missing:
+        logger.warning("starting a full local Ray: ray._private lacks %s (Ray %s): update "
+                       "crest/orchestrator/_ray_private.py", ", ".join(missing), _ray_version())
         yield False
         return
     from ray._private import services, utils

@@ -75,6 +75,22 @@ def test_the_baseline_begins_before_the_driver_only_for_a_certainly_new_study_tr
     assert not (tmp_path / "new.db").exists(), "it reads nothing and creates nothing"
 
 
+def test_only_a_new_study_checked_in_the_driver_goes_without_rays_idle_workers(tmp_path: Path) -> None:
+    """``starts_own_workers``: a certainly new study trained here whose node check runs in
+    the driver (no CuPy; with it the check is a Ray task, which an idle worker takes)."""
+    import importlib.util
+
+    from crest.orchestrator._baseline import starts_own_workers
+
+    (tmp_path / "old.db").write_bytes(b"")
+    new = parse_sweep(TINY_SWEEP, overrides={"storage": f"sqlite:///{tmp_path / 'new.db'}"})
+    old = parse_sweep(TINY_SWEEP, overrides={"storage": f"sqlite:///{tmp_path / 'old.db'}"})
+    cluster = parse_sweep({**TINY_SWEEP, "ray": {"address": "127.0.0.1:6379"}},
+                          overrides={"storage": f"sqlite:///{tmp_path / 'new.db'}"})
+    assert starts_own_workers(new) is (importlib.util.find_spec("cupy") is None)
+    assert starts_own_workers(old) is False and starts_own_workers(cluster) is False
+
+
 def _broken_workload() -> Workload:
     base = get_workload("tiny-digits")
 
@@ -104,17 +120,27 @@ def test_the_installed_ray_has_what_the_lean_start_replaces() -> None:
     check_private_api()  # fails when a Ray release renames them: update _ray_private.py
 
 
-def test_a_setting_this_ray_does_not_know_makes_the_start_a_full_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_setting_this_ray_does_not_know_is_left_out_of_the_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A key Ray does not know would stop its GCS from starting (ray.init then times out):
-    check_private_api names it, and lean_local_start falls back to a full start."""
+    check_private_api names it, and lean_settings leaves it out, with a warning."""
     from crest.orchestrator import _ray_private
+    from crest.orchestrator._ray_private import lean_settings
 
+    # found by ray._raylet.Config's getter, and by its name in Ray's core library
+    assert _ray_private._knows_setting("raylet_client_connect_timeout_milliseconds")
     assert _ray_private._knows_setting("prestart_worker_first_driver")
+    assert lean_settings(idle_workers=False) == {**_ray_private.QUICK_CONNECT, **_ray_private.NO_IDLE_WORKERS}
+    assert lean_settings() == _ray_private.QUICK_CONNECT
     monkeypatch.setattr(_ray_private, "NO_IDLE_WORKERS", {"crest_no_such_setting": False})
     with pytest.raises(RuntimeError, match="the setting crest_no_such_setting"):
         check_private_api()
+    with caplog.at_level("WARNING", logger="crest"):
+        assert lean_settings(idle_workers=False) == _ray_private.QUICK_CONNECT
+    assert "has no setting crest_no_such_setting" in caplog.text
     with lean_local_start() as lean:
-        assert lean is False
+        assert lean is True  # the rest of the lean start does not depend on it
 
 
 def test_the_lean_start_puts_rays_functions_back_even_after_an_error() -> None:

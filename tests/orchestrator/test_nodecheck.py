@@ -162,8 +162,8 @@ def test_the_baseline_trainer_starts_while_its_node_is_checked_and_stays_only_if
 @pytest.mark.usefixtures("ray_local")
 def test_a_pool_checks_before_its_study_exists_and_records_the_check_once_bound(sqlite_url: str) -> None:
     """A new study's pool starts its node's check before the database is created; the
-    check is recorded when it is settled, which needs the store: settling it unbound is
-    an error, not a lost row."""
+    check is recorded when it is settled, which needs the store: settling it unbound
+    raises (a caller's bug) instead of counting a check that is recorded nowhere."""
     from crest.orchestrator._pool import WorkerPool
 
     bound, store = _pool(sqlite_url)
