@@ -160,25 +160,18 @@ class ProcClock:
         self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
         self._thread.start()
 
-    def _stats(self) -> dict[int, tuple[int, float]]:
-        """pid -> (parent pid, CPU-seconds) of every process."""
-        out = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # it ended meanwhile
-                continue
-            out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick)
-        return out
-
-    def _cpu(self, pid: int) -> float | None:
+    def _stat(self, pid: int) -> tuple[int, float] | None:
+        """(parent pid, CPU-seconds) of ``pid``, or None when it has ended."""
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended
+        except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / self._tick
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _stats(self) -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU-seconds) of every process."""
+        stats = {int(e.name): self._stat(int(e.name)) for e in os.scandir("/proc") if e.name.isdigit()}
+        return {pid: st for pid, st in stats.items() if st is not None}
 
     def _run(self, period: float) -> None:
         """Every ``period``, the CPU of the known tree; every fourth, a scan of all of
@@ -200,9 +193,9 @@ class ProcClock:
                     self.roles[pid] = self._role(pid)
             tick += 1
             for pid in tree:
-                cpu = self._cpu(pid)
-                if cpu is not None:
-                    last[pid] = cpu  # a process that ended keeps its last reading
+                st = self._stat(pid)
+                if st is not None:
+                    last[pid] = st[1]  # a process that ended keeps its last reading
             self.samples.append((time.time(), dict(last)))
 
     def _role(self, pid: int) -> str:

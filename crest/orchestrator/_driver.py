@@ -186,7 +186,7 @@ class SweepDriver:
             pool = WorkerPool(cfg, plan, None, None, list(self.options.search_path))
             stack.callback(pool.kill_all)
             if early is not None:
-                self._start_early(ray_start, pool, early)
+                self._start_pool(ray_start, pool, None, [], early)
             store = Store(self.storage_url, create=True)
             stack.callback(store.close)
             info = self._take_study(store)
@@ -240,28 +240,25 @@ class SweepDriver:
         return None
 
     def _start_pool(
-        self, ray_start: RayStart, pool: WorkerPool, info: StudyInfo, artifacts: list[bytes],
+        self, ray_start: RayStart, pool: WorkerPool, info: StudyInfo | None, artifacts: list[bytes],
         local: LocalBaseline | None,
     ) -> Any:
         """Wait for Ray, then start every node's decoder check (on ``artifacts``) and, while
         the checks run, a new study's baseline trainer (when ``local`` does not train it
-        here) and the other workers. Returns that trainer (a worker actor), or None."""
+        here) and the other workers. Returns that trainer (a worker actor), or None.
+
+        ``info`` None: a study certainly new, before its database is created (the early
+        start: no stored artifact to check, ``local`` trains the baseline); the check is
+        recorded once the pool is bound to the study. A driver that then finds the study
+        stored after all (another made it meanwhile) holds no lease on it (LeaseError), or
+        finds its baseline, and loads that."""
         started_here = self._wait_for_ray(ray_start)
         pool.scan_nodes(artifacts, here=self._node_checked_here(started_here))
-        trainer = self._start_trainer(info, pool) if info.baseline_sha256 is None and local is None else None
+        trainer = None
+        if local is None and info is not None and info.baseline_sha256 is None:  # a worker trains it
+            trainer = self._start_trainer(info, pool)
         pool.prestart(checking=True, limit=None if local is None else self._spare_workers(local))
         return trainer
-
-    def _start_early(self, ray_start: RayStart, pool: WorkerPool, local: LocalBaseline) -> None:
-        """For a study certainly new: wait for Ray, start this node's decoder check (on no
-        stored artifact: there is none) and the workers the baseline's training leaves
-        CPUs for, before the database is created. The check is recorded once the pool is
-        bound to the study. A driver that then finds the study stored after all (another
-        made it meanwhile) holds no lease on it (LeaseError), or finds its baseline, and
-        loads that."""
-        started_here = self._wait_for_ray(ray_start)
-        pool.scan_nodes([], here=self._node_checked_here(started_here))
-        pool.prestart(checking=True, limit=self._spare_workers(local))
 
     def _spare_workers(self, local: LocalBaseline) -> int:
         """Workers to start while the baseline trains here: as many as the CPUs it leaves
