@@ -42,7 +42,9 @@ What is measured, per run:
 - start-up: from launching the process (``Popen``) to the first trial's start.
 - peak memory: the largest sum of RSS over the launched process and all its descendants
   (Ray's GCS, raylet, agents and workers), sampled every 0.5 s. RSS counts shared pages
-  (torch's libraries) once per process, so it overstates what the machine needs.
+  (torch's libraries) once per process, so it overstates what the machine needs. Also the
+  launched process's own RSS (crest's driver; a peer's driver process): its peak, and its
+  last sample before it exited (``driver_peak_rss_mb``, ``driver_last_rss_mb``).
 - completed trials lost to one kill -9 of the driver: the trial function writes a line to
   a probe file as each trial ends (in the workload's scoring, the last step of a trial);
   when ``--kill-after`` trials have ended, the driver gets SIGKILL (and whatever it
@@ -449,11 +451,13 @@ def _identity(pid: int) -> str:
 
 class TreeSampler:
     """Samples a process tree every ``period`` s (on a thread, between :meth:`start` and
-    :meth:`stop`): the peak sum of RSS, and every process seen with its start time."""
+    :meth:`stop`): the peak sum of RSS, the root's own RSS (its peak, and its last sample:
+    the driver near the run's end), and every process seen with its start time."""
 
     def __init__(self, root: int, period: float = 0.5) -> None:
         self.root, self.period = root, period
         self.peak_bytes = 0
+        self.root_peak_bytes = self.root_last_bytes = 0
         self.seen: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -472,6 +476,10 @@ class TreeSampler:
             if pid not in self.seen:
                 self.seen[pid] = _identity(pid)
         self.peak_bytes = max(self.peak_bytes, sum(_rss(pid) for pid in tree))
+        root = _rss(self.root)
+        if root:  # 0 once the root has exited: its last reading is kept
+            self.root_last_bytes = root
+            self.root_peak_bytes = max(self.root_peak_bytes, root)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -667,6 +675,8 @@ def measure(system: str, n_trials: int, root: Path, spec: TrialSpec) -> dict[str
         raise RuntimeError(f"{system}: no complete trial\n{run.log_tail()}")
     result = overhead(trials, run.launched_at)
     result.update(total_s=total, peak_rss_mb=run.sampler.peak_bytes / 2**20,
+                  driver_peak_rss_mb=run.sampler.root_peak_bytes / 2**20,
+                  driver_last_rss_mb=run.sampler.root_last_bytes / 2**20,
                   probe_trials=len(probe_lines(run.workdir)), processes=len(run.sampler.seen),
                   load_before=load_before, load_after=os.getloadavg()[0])
     return result
@@ -727,8 +737,9 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, dic
     """Per system and size: the medians of the repeats."""
     out: dict[str, dict[str, Any]] = {}
     for system, sizes in runs.items():
-        out[system] = {str(n): {k: _median(reps, k) for k in ("overhead_ms", "startup_s", "peak_rss_mb", "trial_ms",
-                                                                  "total_s")} | {"repeats": len(reps)}
+        keys = ("overhead_ms", "startup_s", "peak_rss_mb", "driver_peak_rss_mb", "driver_last_rss_mb", "trial_ms",
+                "total_s")
+        out[system] = {str(n): {k: _median(reps, k) for k in keys} | {"repeats": len(reps)}
                        for n, reps in sizes.items() if reps}
     return out
 
@@ -880,7 +891,8 @@ def measure_size(runs: Runs, systems: list[str], n: int, repeats: int, root: Pat
         result = measure(system, n, root, spec)
         runs[system].setdefault(n, []).append({"repeat": repeat, **result})
         print(f"  {system:14s} {n:5d} trials, repeat {repeat}: {result['overhead_ms']:8.1f} ms/trial, "
-              f"start-up {result['startup_s']:.2f} s, peak {result['peak_rss_mb']:.0f} MB", flush=True)
+              f"start-up {result['startup_s']:.2f} s, peak {result['peak_rss_mb']:.0f} MB "
+              f"(driver peak {result['driver_peak_rss_mb']:.0f}, last {result['driver_last_rss_mb']:.0f})", flush=True)
         save()
 
 

@@ -35,7 +35,11 @@ Variants, interleaved (each repeat runs every variant once, the order rotated):
 
 Also, in the same run and interleaved, ``ray.init`` alone (``ray_init_lean`` /
 ``ray_init_full``): a fresh process that imports Ray, times
-``crest.orchestrator._cluster.connect`` of a local Ray, and stops it.
+``crest.orchestrator._cluster.connect`` of a local Ray, and stops it; and the two chains of
+the start-up alone (``chain_baseline``, ``chain_worker``, and ``chain_both``, the two at
+once; see :data:`WORKER_ONLY`): ``chain_both``'s end is a lower bound, measured, of the
+first trial's start for any driver that trains the baseline at launch and runs trials in
+Ray actors on this machine.
 
 Run: ``python bench/startup.py [--repeats 5] [--before PATH] [--out bench/results/startup.json]``; about
 20 s per launch. Prints a table and writes the JSON (machine, crest's git commit, every
@@ -45,6 +49,7 @@ run, medians, the goal).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import statistics
@@ -69,6 +74,7 @@ SWEEP = REPO / "examples" / "lenet300-mnist.yaml"
 GOAL_STARTUP_S = 4.0
 TRIALS = 4
 VARIANTS = ("lean", "full")
+CHAINS = ("chain_baseline", "chain_worker", "chain_both")
 TIMEOUT_S = 600
 
 # what the driver logs, and the part each line marks
@@ -85,6 +91,51 @@ t = time.monotonic()
 from crest.orchestrator._cluster import connect, disconnect
 started = connect(None, cpus_needed=2, lean=sys.argv[1] == "lean")
 print(time.monotonic() - t)
+disconnect(started)
+"""
+
+
+# The two chains any start-up of this design has, alone, each from a fresh process's
+# launch on an otherwise idle machine: the baseline (a process that imports torch, loads
+# the quick start's workload and trains its baseline on 1 thread, as the driver does) and
+# one worker (a process that starts a lean local Ray and one actor that imports torch and
+# loads the workload, as a crest worker does at its start). ``both`` runs them together,
+# the baseline in a process of its own begun first: nothing of crest's driver (Optuna,
+# the database, the decoder check) and no second worker, so its end is a lower bound of
+# the first trial's start for a driver that trains the baseline at launch and runs trials
+# in Ray actors on this machine.
+BASELINE_ONLY = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from crest.tasks import get_workload, train_baseline
+train_baseline(get_workload("lenet300-mnist"), seed=0, device="cpu")
+print(time.time())
+"""
+
+WORKER_ONLY = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[2]], stdout=subprocess.PIPE, text=True) \
+    if sys.argv[1] == "both" else None
+import ray
+from crest.orchestrator._cluster import connect, disconnect
+started = connect(None, cpus_needed=2, lean=True, idle_workers=False)
+up = time.time()
+
+@ray.remote(num_cpus=1)
+class Worker:
+    def __init__(self):
+        import torch
+        torch.set_num_threads(1)
+        from crest.tasks import get_workload
+        self.workload = get_workload("lenet300-mnist")
+
+    def ready(self):
+        return time.time()
+
+ready = ray.get(Worker.remote().ready.remote())
+baseline = float(child.communicate()[0].split()[-1]) if child is not None else None
+print(up, ready, baseline)
 disconnect(started)
 """
 
@@ -286,6 +337,29 @@ def ray_only(variant: str) -> dict[str, Any]:
     return {"ray_init_s": float(done.stdout.strip().splitlines()[-1])}
 
 
+def chains(variant: str) -> dict[str, Any]:
+    """The chains alone (see :data:`WORKER_ONLY`), each time in seconds after ``Popen``:
+    ``ray_up_s``, ``worker_ready_s``, ``baseline_done_s`` and ``startup_floor_s``, the
+    later of the chains this variant runs."""
+    settle()
+    launched = time.time()
+    if variant == "chain_baseline":
+        cmd = [sys.executable, "-c", BASELINE_ONLY]
+    else:
+        cmd = [sys.executable, "-c", WORKER_ONLY, "both" if variant == "chain_both" else "worker", BASELINE_ONLY]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant} exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    fields = done.stdout.strip().splitlines()[-1].split()
+    if variant == "chain_baseline":
+        return {"baseline_done_s": float(fields[0]) - launched, "startup_floor_s": float(fields[0]) - launched}
+    out = {"ray_up_s": float(fields[0]) - launched, "worker_ready_s": float(fields[1]) - launched}
+    if fields[2] != "None":
+        out["baseline_done_s"] = float(fields[2]) - launched
+    out["startup_floor_s"] = max(out["worker_ready_s"], out.get("baseline_done_s", 0.0))
+    return out
+
+
 def _git_head(tree: Path) -> dict[str, str]:
     done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False)
     return {"git_head": done.stdout.strip()}
@@ -293,7 +367,7 @@ def _git_head(tree: Path) -> dict[str, str]:
 
 def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     keys = ("startup_s", "ray_up_s", "baseline_s", "first_sent_s", "ray_start_s", "ray_waited_s", "cpu_busy_s",
-            "cpu_floor_s", "ray_init_s")
+            "cpu_floor_s", "ray_init_s", "worker_ready_s", "baseline_done_s", "startup_floor_s")
     out: dict[str, Any] = {}
     for variant, reps in runs.items():
         medians = {k: _median(reps, k) for k in keys}
@@ -325,6 +399,15 @@ def table(s: dict[str, Any]) -> str:
                      f" | {cell(row.get('cpu_busy_s'))} | {cell(row.get('cpu_floor_s'))} |")
     lines.append(f"| `ray.init` alone, lean / full | | | | | {cell(s.get('ray_init_lean', {}).get('ray_init_s'))} / "
                  f"{cell(s.get('ray_init_full', {}).get('ray_init_s'))} | | | |")
+    if any(c in s for c in CHAINS):
+        lines += ["", "The chains alone, from a fresh process's launch (median, s; see ``WORKER_ONLY``):", "",
+                  "| chain | Ray up | worker ready | baseline trained | the later |", "|---|---|---|---|---|"]
+        for c in CHAINS:
+            row = s.get(c, {})
+            if row:
+                lines.append(f"| {c.removeprefix('chain_')} | {cell(row.get('ray_up_s'))} | "
+                             f"{cell(row.get('worker_ready_s'))} | {cell(row.get('baseline_done_s'))} | "
+                             f"{cell(row.get('startup_floor_s'))} |")
     roles = ("driver", "workers", "ray_agents", "ray_daemons", "other")
     lines += ["", "CPU-seconds before the first trial, by process (median):", "",
               "| variant | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
@@ -342,12 +425,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "startup.json")
     args = parser.parse_args()
     started = time.time()
-    variants = [*VARIANTS, *(["before"] if args.before else []), "ray_init_lean", "ray_init_full"]
+    variants = [*VARIANTS, *(["before"] if args.before else []), "ray_init_lean", "ray_init_full", *CHAINS]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="crest-startup-") as tmp:
         for repeat, variant in schedule(variants, args.repeats):
             if variant.startswith("ray_init"):
                 result = ray_only(variant.rsplit("_", 1)[1])
+            elif variant in CHAINS:
+                result = chains(variant)
             else:
                 result = launch(variant, Path(tmp), args.before)
             runs[variant].append({"repeat": repeat, **result})
@@ -359,10 +444,14 @@ def main() -> None:
         "issue": 14, "what": "start-up of the quick start (Popen to the first trial's start) and its parts",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(time.time() - started, 1),
         "machine": machine(), "crest_source": crest_source(None), "command": " ".join(sys.argv),
+        "interpreter": sys.executable, "ray_dashboard_packages": importlib.util.find_spec("aiohttp") is not None,
         "sweep": str(SWEEP.relative_to(REPO)), "n_trials": TRIALS, "repeats": args.repeats,
         "before": None if args.before is None else {"tree": str(args.before), **_git_head(args.before)},
         "summary": s, "goal": {"startup_under_4s": None if lean is None else lean < GOAL_STARTUP_S,
                                "startup_s": lean, "goal_s": GOAL_STARTUP_S},
+        "chains_both_floor_s": s.get("chain_both", {}).get("startup_floor_s"),
+        "ratio_lean_to_chains_both": None if lean is None or not s.get("chain_both", {}).get("startup_floor_s")
+        else lean / s["chain_both"]["startup_floor_s"],
         "ratio_lean_to_full": None if lean is None or not s.get("full", {}).get("startup_s")
         else lean / s["full"]["startup_s"],
         "ratio_lean_to_before": None if lean is None or not s.get("before", {}).get("startup_s")

@@ -85,6 +85,7 @@ def test_process_tree_holds_this_process(bench: Any) -> None:
     tree.sample()
     tree.stop()
     assert tree.peak_bytes > 0 and os.getpid() in tree.seen
+    assert 0 < tree.root_last_bytes <= tree.root_peak_bytes <= tree.peak_bytes
 
 
 @pytest.mark.slow
@@ -100,6 +101,7 @@ def test_a_whole_run_at_a_tiny_size(bench: Any, tmp_path: Path) -> None:
         run = doc["runs"][system]["6"][0]
         assert run["trials"] == 6 and run["probe_trials"] == 6
         assert run["startup_s"] > 0 and run["peak_rss_mb"] > 0
+        assert 0 < run["driver_last_rss_mb"] <= run["driver_peak_rss_mb"] <= run["peak_rss_mb"]
     kill = doc["kill9"]["crest"]
     # a result on its way from a worker to the driver at the kill is lost (and run again on
     # resume): each worker holds at most ASK_AHEAD trials, so at most that many per worker

@@ -58,3 +58,14 @@ def test_one_quick_start_launch_reports_every_part(startup: Any, tmp_path: Path)
         assert out[key] is not None and out[key] >= 0, (key, out)
     assert out["ray_up_s"] < out["first_sent_s"] and out["baseline_s"] < out["first_sent_s"]
     assert out["cpu_floor_s"] == pytest.approx(out["cpu_busy_s"] / (os.cpu_count() or 1))
+
+
+@pytest.mark.slow
+def test_the_two_chains_alone_report_when_each_ended(startup: Any) -> None:
+    out = startup.chains("chain_both")
+    assert 0 < out["ray_up_s"] < out["worker_ready_s"]
+    assert out["baseline_done_s"] > 0
+    assert out["startup_floor_s"] == max(out["worker_ready_s"], out["baseline_done_s"])
+    summary = startup.summary({"chain_both": [{"repeat": 0, **out}]})
+    assert summary["chain_both"]["startup_floor_s"] == out["startup_floor_s"]
+    assert "| both |" in startup.table(summary)
