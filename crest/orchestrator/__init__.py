@@ -24,7 +24,8 @@ _WHERE = {  # public name -> the module that defines it
     "TrialWorker": "crest.orchestrator._worker",
 }
 
-__all__ = list(_WHERE)
+# spelled out, so that type checkers and linters see what the lazy names export
+__all__ = ["DriverOptions", "Progress", "SweepDriver", "SweepSummary", "TrialWorker"]
 
 
 def __getattr__(name: str) -> Any:

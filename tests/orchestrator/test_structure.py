@@ -36,3 +36,10 @@ def test_no_orchestrator_function_is_longer_than_a_screen() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.name}:{node.name} ({lines} lines)")
     assert long == []
+
+
+def test_the_package_exports_exactly_its_lazy_names_and_each_resolves() -> None:
+    assert sorted(crest.orchestrator.__all__) == sorted(crest.orchestrator._WHERE)
+    for name in crest.orchestrator.__all__:
+        value = getattr(crest.orchestrator, name)
+        assert value.__name__ == name and value.__module__ == crest.orchestrator._WHERE[name]
