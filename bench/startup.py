@@ -105,7 +105,7 @@ disconnect(started)
 # the first trial's start for a driver that trains the baseline at launch and runs trials
 # in Ray actors on this machine.
 BASELINE_ONLY = """
-import sys, time
+import time
 import torch
 torch.set_num_threads(1)
 from crest.tasks import get_workload, train_baseline
@@ -351,12 +351,10 @@ def chains(variant: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"{variant} exited with {done.returncode}:\n{done.stderr[-3000:]}")
     fields = done.stdout.strip().splitlines()[-1].split()
-    if variant == "chain_baseline":
-        return {"baseline_done_s": float(fields[0]) - launched, "startup_floor_s": float(fields[0]) - launched}
-    out = {"ray_up_s": float(fields[0]) - launched, "worker_ready_s": float(fields[1]) - launched}
-    if fields[2] != "None":
-        out["baseline_done_s"] = float(fields[2]) - launched
-    out["startup_floor_s"] = max(out["worker_ready_s"], out.get("baseline_done_s", 0.0))
+    after = [None if f == "None" else float(f) - launched for f in fields]  # epoch seconds -> after Popen
+    keys = ("baseline_done_s",) if variant == "chain_baseline" else ("ray_up_s", "worker_ready_s", "baseline_done_s")
+    out = {k: v for k, v in zip(keys, after, strict=True) if v is not None}
+    out["startup_floor_s"] = max(out.get("worker_ready_s", 0.0), out.get("baseline_done_s", 0.0))
     return out
 
 
