@@ -6,7 +6,8 @@ Ray, the decoder check of every node, the baseline, and a pool of workers on the
 that passed. (A study certainly new, whose baseline trains in the driver, has nothing
 stored: Ray, its node's check and the first worker come before its row.) A new study's
 baseline trainer starts while the decoder checks run (it becomes a worker only if its
-node passes; the baseline, encoded on the host, is kept either way). Then a loop (:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
+node passes; the baseline, encoded on the host, is kept either way). Then a loop
+(:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
 :class:`~crest.orchestrator._sensitivity_loop.SensitivityLoop`) runs to the end, and the
 :class:`~crest.orchestrator._ledger.TrialLedger` records every trial.
 
