@@ -17,8 +17,9 @@ driver's log); crest's own share, everything but the user's training and scoring
 (prune (masks and the size bound) + quantize + encode + decode + record) over the trial's time; the worker's peak RSS; and
 the database bytes and store bytes per trial (the SQLite file and the store directory
 after the sweep, divided by the trials); and the driver process's peak RSS and its RSS at
-the last look before it exited (sampled every 0.5 s: a local study's baseline trains in
-the driver). Goal: crest's share at most 10% of trial time.
+the last look before it exited, and the peak RSS of the process that trains the baseline
+(a local study's baseline trains in a process of its own, a child of the driver; both
+sampled every 0.5 s). Goal: crest's share at most 10% of trial time.
 
 Run: ``python bench/scale.py [--trials 6] [--workers 1] [--retrain-epochs 2]`` (about
 10-20 minutes on a 2-core CPU). Writes ``bench/results/scale.json``.
@@ -131,10 +132,24 @@ def _driver_memory(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def _baseline_pid(driver: int) -> int | None:
+    """The driver's child that trains the baseline (``crest.orchestrator._baseline_child``), if alive."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            if parent == driver and b"_baseline_child" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def _launch(args: argparse.Namespace, work: Path) -> tuple[float, Path, dict[str, int]]:
     """Run ``crest launch`` from this folder; returns its wall seconds, its log file and
-    the driver process's memory (peak RSS, and its RSS at the last look before it exited,
-    sampled every 0.5 s)."""
+    the driver process's memory (peak RSS, and its RSS at the last look before it exited)
+    and the baseline process's peak RSS, sampled every 0.5 s."""
     db, store, log = work / "scale.db", work / "store", work / "driver.log"
     sweep = work / "sweep.yaml"
     sweep.write_text(sweep_yaml(args, store, db))
@@ -143,11 +158,16 @@ def _launch(args: argparse.Namespace, work: Path) -> tuple[float, Path, dict[str
         [sys.executable, "-m", "crest", "--log-level", "debug", "--log-file", str(log), "launch", str(sweep), "-q"],
         cwd=HERE,
     )
-    memory: dict[str, int] = {}
+    memory: dict[str, int] = {"baseline_process_peak_rss_bytes": 0}
     while proc.poll() is None:
         seen = _driver_memory(proc.pid)
         if seen is not None:
-            memory = {"driver_peak_rss_bytes": seen[0], "driver_last_rss_bytes": seen[1]}
+            memory.update(driver_peak_rss_bytes=seen[0], driver_last_rss_bytes=seen[1])
+        child = _baseline_pid(proc.pid)
+        child_memory = _driver_memory(child) if child is not None else None
+        if child_memory is not None:
+            memory["baseline_process_peak_rss_bytes"] = max(memory["baseline_process_peak_rss_bytes"],
+                                                            child_memory[0])
         if time.perf_counter() - t0 > args.timeout:
             proc.kill()
             raise TimeoutError(f"crest launch ran past {args.timeout:.0f} s")
@@ -238,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
     print(f"median crest share {result['median_crest_share']}, db {result['db_bytes_per_trial']:,.0f} B/trial, "
           f"store {result['store_bytes_per_trial']:,.0f} B/trial, driver peak RSS "
-          f"{memory.get('driver_peak_rss_bytes', 0) / 2**20:,.0f} MB, last {memory.get('driver_last_rss_bytes', 0) / 2**20:,.0f} MB")
+          f"{memory.get('driver_peak_rss_bytes', 0) / 2**20:,.0f} MB, last {memory.get('driver_last_rss_bytes', 0) / 2**20:,.0f} MB, "
+          f"baseline process peak RSS {memory.get('baseline_process_peak_rss_bytes', 0) / 2**20:,.0f} MB")
     return result
 
 

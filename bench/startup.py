@@ -97,7 +97,7 @@ disconnect(started)
 
 # The two chains any start-up of this design has, alone, each from a fresh process's
 # launch on an otherwise idle machine: the baseline (a process that imports torch, loads
-# the quick start's workload and trains its baseline on 1 thread, as the driver does) and
+# the quick start's workload and trains its baseline on 1 thread, as crest's baseline process does) and
 # one worker (a process that starts a lean local Ray and one actor that imports torch and
 # loads the workload, as a crest worker does at its start). ``both`` runs them together,
 # the baseline in a process of its own begun first: nothing of crest's driver (Optuna,

@@ -11,9 +11,8 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -214,15 +213,15 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     from crest.orchestrator._baseline import early_baseline, starts_own_workers
     from crest.orchestrator._cluster import RayStart
 
-    # Ray's processes start while the driver's imports (Optuna, SQLAlchemy, torch) run; the
-    # driver of a certainly new study starts its first worker as soon as Ray answers, so Ray
-    # starts no idle ones (they would take CPU from the baseline's training)
+    options = _driver_options(lease_ttl)
+    # a certainly new study's baseline trains in a process of its own, begun first: it is
+    # the longest part of the start-up. Ray's processes start while the driver imports
+    # Optuna and SQLAlchemy; the driver of a certainly new study starts its first worker as
+    # soon as Ray answers, so Ray starts no idle ones (they would take CPU from the training)
+    baseline = early_baseline(config, list(options.search_path))
     ray_start = RayStart.of(config, idle_workers=not starts_own_workers(config))
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
-        options = _driver_options(lease_ttl)
-        # a certainly new study's baseline trains while the driver imports Optuna and SQLAlchemy
-        baseline = early_baseline(config, list(options.search_path))
         from crest.orchestrator import SweepDriver
 
         printer = ProgressPrinter(enabled=not quiet)
@@ -239,7 +238,9 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
         )
         raise typer.Exit(130) from None
     finally:
-        ray_start.stop()  # the driver stopped it already, unless it failed before its start
+        ray_start.stop()  # the driver stopped both already, unless it failed before its start
+        if baseline is not None:
+            baseline.stop()
         signal.signal(signal.SIGTERM, previous)
     typer.echo(
         f"study '{summary.study}': {summary.complete} complete trials"
@@ -724,25 +725,6 @@ def _one_line(text: str) -> str:
     return redact(" ".join(part.strip() for part in text.strip().splitlines() if part.strip()))
 
 
-BASELINE_THREAD = "crest-baseline"  # the thread name of crest.orchestrator._baseline.LocalBaseline
-
-
-def _exit(code: int) -> NoReturn:
-    """Exit with ``code``. A launch that failed during its start-up (an unreachable
-    database, Ctrl-C) may leave its baseline training on a thread of this process; it
-    cannot be stopped, and the interpreter's shutdown would end it inside torch's C++
-    frames, which aborts the process (SIGABRT, exit 134, a native stack trace). So while
-    one is alive the process ends at once, after flushing its log handlers and streams:
-    what the driver held (Ray, the database, the lease) was released on the way out."""
-    if any(t.name == BASELINE_THREAD and t.is_alive() for t in threading.enumerate()):
-        logger.debug("the baseline is still training on its thread: exiting without the interpreter's shutdown")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
 def main() -> None:
     """Console entry point: runs the app. A CrestError prints one line on stderr and exits 2;
     a usage error prints click's usage and one ``Error:`` line and exits 2; anything else
@@ -754,15 +736,15 @@ def main() -> None:
     except CrestError as e:
         logger.debug("the command failed", exc_info=True)
         typer.echo(f"crest: error: {_one_line(str(e))}", err=True)
-        _exit(2)
+        sys.exit(2)
     except typer.Exit as e:
-        _exit(e.exit_code)
+        sys.exit(e.exit_code)
     except typer.Abort:
         typer.echo("crest: aborted", err=True)
-        _exit(130)
+        sys.exit(130)
     except KeyboardInterrupt:
         typer.echo("crest: interrupted", err=True)
-        _exit(130)
+        sys.exit(130)
     except Exception as e:
         if _usage_error(e):
             e.show()  # type: ignore[attr-defined]
@@ -773,5 +755,5 @@ def main() -> None:
             "(a bug in crest? --log-level debug shows the traceback)",
             err=True,
         )
-        _exit(1)
-    _exit(code if isinstance(code, int) else 0)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

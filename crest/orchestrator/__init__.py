@@ -8,8 +8,9 @@ Optuna, SQLAlchemy and torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from crest._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from crest.orchestrator._driver import SweepDriver
@@ -28,10 +29,4 @@ _WHERE = {  # public name -> the module that defines it
 __all__ = ["DriverOptions", "Progress", "SweepDriver", "SweepSummary", "TrialWorker"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'crest.orchestrator' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -1,104 +1,198 @@
-"""A new study's baseline, trained in the driver on a thread while Ray starts.
+"""A new study's baseline, trained on this host in a process of its own while Ray starts.
 
-:func:`trains_here` says when the driver trains it (instead of a worker), and
-:func:`early_baseline` begins it before the driver's own imports (Optuna, SQLAlchemy) when
-the study is certainly new (:func:`new_study_here`), so that its training overlaps them
-too. This module imports torch only when a baseline is trained.
+:func:`trains_here` says when it trains on this host (instead of in a worker), and
+:func:`early_baseline` begins it before the driver's own imports (Optuna, SQLAlchemy)
+when the study is certainly new (:func:`new_study_here`). The process
+(:mod:`~crest.orchestrator._baseline_child`) imports torch and the workload, sends the
+model's summary as soon as the model is built, trains, and sends the baseline: a new
+local study's driver never imports torch, and the training shares neither the driver's
+GIL nor its memory. This module imports no torch.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from crest import exceptions
 from crest.exceptions import CrestError, SweepError
+from crest.orchestrator._baseline_child import (
+    BASELINE,
+    BASELINE_HEAD,
+    ERROR,
+    MAX_ERROR_BYTES,
+    SUMMARY,
+    read_frame,
+)
+from crest.tasks._model_summary import MAX_SUMMARY_BYTES, ModelSummary
 
-if TYPE_CHECKING:
-    from crest.tasks import Workload
-
-__all__ = ["LocalBaseline", "early_baseline", "new_study_here", "release_freed_memory", "starts_own_workers",
+__all__ = ["LocalBaseline", "early_baseline", "new_study_here", "starts_own_workers",
            "trains_here"]
 
 logger = logging.getLogger(__name__)
 
+CHILD_MODULE = "crest.orchestrator._baseline_child"
+_BLOB_SLACK = 64 << 20  # the artifact's headers and tables beyond the dense float32 bytes
+
 
 class LocalBaseline:
-    """Trains and encodes ``workload``'s dense baseline on the CPU, on a thread begun at
-    construction, with ``threads`` torch intra-op threads (a worker's count, so that the
-    baseline is the one a worker on this host would train).
+    """Trains and encodes a workload's dense baseline on this host's CPU, in a child
+    process begun at construction, with ``threads`` torch intra-op threads (a worker's
+    count, so that the baseline is the one a worker on this host would train).
 
-    torch's thread count is process-wide: it is set for the training and put back after.
-    The memory the training freed (the model, its gradients and Adam's moments) is given
-    back to the operating system after it (glibc's ``malloc_trim``): the driver lives for
-    the whole sweep, and glibc would otherwise keep it. ``bench/scale.py`` records the
-    driver's peak and last RSS (22M-parameter model: 1,076 MB while the baseline trained,
-    499 MB at the end of the sweep, ``bench/results/scale-driver-rss.json``).
-    The thread is a daemon: a driver that fails meanwhile does not wait for it.
+    The child ends when the baseline is sent, when :meth:`stop` is called, or when this
+    process ends (its stdin closes, even after ``kill -9``). Its memory (the model, its
+    gradients, Adam's moments) goes back to the system with it.
+
+    Args:
+        workload: a built-in name or ``module:function`` (resolved in the child).
+        seed: the baseline's seed.
+        threads: torch intra-op threads of the training.
+        search_path: directories for importing a ``module:function`` workload.
+
+    Raises:
+        SweepError: the child process cannot be started.
     """
 
-    def __init__(self, workload: Workload, seed: int, *, threads: int) -> None:
+    def __init__(self, workload: str, seed: int, *, threads: int, search_path: Sequence[str] = ()) -> None:
         self.workload = workload
-        self._seed, self._threads = seed, threads
+        self._threads = threads
+        self._summary: ModelSummary | None = None
         self._out: tuple[bytes, float] | None = None
         self._error: BaseException | None = None
-        self._done = threading.Event()  # set when _out or _error is, before the memory is released
-        self.seconds = 0.0  # how long the training took
-        self._thread = threading.Thread(target=self._run, name="crest-baseline", daemon=True)
-        self._thread.start()
-        logger.info("training the baseline in the driver (%d thread(s)) while Ray starts", threads)
-
-    def _run(self) -> None:
-        import torch
-
-        from crest.tasks import train_baseline
-
-        began = time.monotonic()
-        before = torch.get_num_threads()
-        torch.set_num_threads(self._threads)
+        self._have_summary = threading.Event()  # set with the summary, or with the error
+        self._done = threading.Event()  # set with the baseline, or with the error
+        self.seconds = 0.0  # how long the training took, in the child
+        request = {"workload": workload, "search_path": [str(p) for p in search_path], "seed": seed,
+                   "threads": threads}
         try:
-            self._out = train_baseline(self.workload, seed=self._seed, device="cpu")
-        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread by result()
-            self._error = e
+            self._proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE)
+        except OSError as e:
+            raise SweepError(f"the baseline's process could not be started: {e}") from e
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+        self._proc.stdin.flush()
+        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), name="crest-baseline",
+                                        daemon=True)
+        self._reader.start()
+        logger.info("training the baseline in a process of its own (pid %d, %d thread(s)) while Ray starts",
+                    self._proc.pid, threads)
+
+    def _read(self, src: Any) -> None:
+        """Read the child's frames (on a thread) until the baseline, an error or the end."""
+        try:
+            self._read_frames(src)
+        except (OSError, ValueError, SweepError) as e:
+            self._fail(SweepError(f"the baseline's process sent a broken reply: {e}"))
         finally:
-            torch.set_num_threads(before)
-            self.seconds = time.monotonic() - began
-            self._done.set()  # the driver goes on meanwhile
-            release_freed_memory()
+            if not self._done.is_set():
+                code = self._proc.wait()
+                self._fail(SweepError(f"the baseline's process ended (exit code {code}) before sending it"))
+
+    def _read_frames(self, src: Any) -> None:
+        limits = {SUMMARY: MAX_SUMMARY_BYTES, ERROR: MAX_ERROR_BYTES}
+        while (frame := read_frame(src, limits)) is not None:
+            kind, payload = frame
+            if kind == SUMMARY:
+                self._summary = ModelSummary.from_json(payload)
+                limits = {BASELINE: BASELINE_HEAD.size + 4 * self._summary.dense_bytes + _BLOB_SLACK,
+                          ERROR: MAX_ERROR_BYTES}
+                self._have_summary.set()
+            elif kind == BASELINE:
+                accuracy, self.seconds = BASELINE_HEAD.unpack_from(payload)
+                self._out = (payload[BASELINE_HEAD.size:], accuracy)
+                self._done.set()
+                return
+            else:
+                self._fail(_child_error(payload))
+                return
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None and not self._done.is_set():
+            self._error = error
+        self._have_summary.set()
+        self._done.set()
 
     def cpus_spare(self) -> int:
         """This host's CPUs that the training leaves free (its CPUs less its threads)."""
         return max(0, (os.cpu_count() or 1) - self._threads)
+
+    def summary(self) -> ModelSummary:
+        """Wait for the model's summary (sent before the training starts).
+
+        Raises:
+            as :meth:`result`.
+        """
+        self._have_summary.wait()
+        if self._summary is None:
+            self._raise()
+        assert self._summary is not None
+        return self._summary
 
     def result(self) -> tuple[bytes, float]:
         """Wait for the baseline: (artifact bytes, score).
 
         Raises:
             CrestError: the workload's own error (a WorkloadError, ...).
-            SweepError: any other failure of the training.
+            SweepError: any other failure of the training or of its process.
         """
         self._done.wait()
-        if isinstance(self._error, CrestError):
-            raise self._error
-        if self._error is not None:
-            raise SweepError(f"the baseline could not be trained: {type(self._error).__name__}: {self._error}") \
-                from self._error
-        if self._out is None:  # the thread ended without a result or an error: cannot happen, say so if it does
-            raise SweepError("the baseline's training ended without a result")
+        if self._out is None:
+            self._raise()
+        assert self._out is not None
+        self.stop()
         return self._out
+
+    def _raise(self) -> None:
+        if self._error is None:  # cannot happen: an event is set with a result or an error
+            raise SweepError("the baseline's training ended without a result")
+        raise self._error
+
+    def stop(self) -> None:
+        """End the child (at once, if it still trains) and reap it. Idempotent."""
+        proc = self._proc
+        if proc.stdin is not None and not proc.stdin.closed:
+            try:
+                proc.stdin.close()  # the child ends when its stdin closes
+            except OSError as e:
+                logger.debug("closing the baseline's stdin: %s", e)
+        if proc.poll() is None and not self._done.is_set():
+            proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _child_error(payload: bytes) -> BaseException:
+    """The exception the child reported: crest's own class (a WorkloadError stays one),
+    else a SweepError naming the cause. Only crest's exception classes are looked up."""
+    try:
+        doc = json.loads(payload)
+        name, message, ours = str(doc["type"]), str(doc["message"]), bool(doc["crest"])
+    except (ValueError, KeyError, TypeError) as e:
+        return SweepError(f"the baseline's process sent a broken error: {e}")
+    cls = getattr(exceptions, name, None) if ours else None
+    if isinstance(cls, type) and issubclass(cls, CrestError):
+        return cls(message)
+    return SweepError(f"the baseline could not be trained: {name}: {message}")
 
 
 def trains_here(config: Any) -> bool:
-    """Whether a new study's baseline trains in the driver (on a thread, while Ray starts):
-    when a worker would train it on this host's CPU anyway (no Ray address, no GPUs per
-    worker, device ``auto`` or ``cpu``), with the worker's thread count, so that it is the
-    same baseline. Otherwise (a cluster, GPU workers) a worker trains it.
+    """Whether a new study's baseline trains on this host, in a process of its own, while
+    Ray starts (:class:`LocalBaseline`): when a worker would train it on this host's CPU
+    anyway (no Ray address, no GPUs per worker, device ``auto`` or ``cpu``), with the
+    worker's thread count, so that it is the same baseline. Otherwise (a cluster, GPU
+    workers) a worker trains it.
 
     Args:
         config: the sweep (a ``crest.config.SweepConfig``).
@@ -151,33 +245,9 @@ def early_baseline(config: Any, search_path: list[str]) -> LocalBaseline | None:
         config: the validated sweep (a ``crest.config.SweepConfig``).
         search_path: directories for importing a ``module:function`` workload.
 
-    Raises:
-        WorkloadError: the workload does not resolve (as it would in the driver).
+    A workload that does not resolve is reported by the child, and raised (a
+    WorkloadError) by :meth:`LocalBaseline.summary`, before anything is written.
     """
     if not new_study_here(config):
         return None
-    from crest.tasks import get_workload
-
-    workload = get_workload(config.workload, search_path=search_path)
-    return LocalBaseline(workload, config.seed, threads=baseline_threads(config))
-
-
-def release_freed_memory() -> bool:
-    """Collect the young garbage, then have glibc give freed heap memory back to the
-    operating system (``malloc_trim(0)``, every arena). Returns False where there is no glibc.
-
-    A training's tensors are freed when their last reference goes. A full collection found
-    nothing after the quick start's baseline and took 0.09-0.15 s holding the GIL (torch,
-    Ray, Optuna and SQLAlchemy imported), while the driver's threads need it; so only the
-    young generations are collected. A model held in a reference cycle that outlived them
-    (a forward hook bound to the model, say) is freed by Python's next full collection,
-    and its memory is not given back here."""
-    gc.collect(1)
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError) as e:  # not glibc (musl, macOS): nothing to trim
-        logger.debug("malloc_trim is not available: %s", e)
-        return False
-    trim(0)
-    return True
+    return LocalBaseline(config.workload, config.seed, threads=baseline_threads(config), search_path=search_path)

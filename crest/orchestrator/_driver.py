@@ -3,8 +3,10 @@
 A run walks one way: the sweep (a :class:`~crest.config.SweepConfig`) resolves to a plan
 and a workload before anything is written; the study's row and its lease come next, then
 Ray, the decoder check of every node, the baseline, and a pool of workers on the nodes
-that passed. (A study certainly new, whose baseline trains in the driver, has nothing
-stored: Ray, its node's check and the first worker come before its row.) A new study's
+that passed. (A study certainly new, whose baseline trains on this host in a process of
+its own, has nothing stored: Ray, its node's check and the first worker come before its
+row; and its driver never imports torch: that process sends the model's summary, which
+is all the plan needs.) A new study's
 baseline trainer starts while the decoder checks run (it becomes a worker only if its
 node passes; the baseline, encoded on the host, is kept either way). Then a loop
 (:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
@@ -27,7 +29,6 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import optuna
-import torch
 
 from crest.config import SweepConfig
 from crest.exceptions import ConfigError, StorageError, SweepError
@@ -43,15 +44,8 @@ from crest.orchestrator._space import directions, make_sampler
 from crest.orchestrator._sweep_loop import SweepLoop
 from crest.report import write_study_note
 from crest.storage import Store, StudyInfo, lease_owner_id
-from crest.tasks import (
-    TrialPlan,
-    Workload,
-    dense_fp32_bytes,
-    embedding_tables,
-    get_workload,
-    prunable_layers,
-    resolve_plan,
-)
+from crest.tasks import TrialPlan, resolve_plan
+from crest.tasks._model_summary import ModelSummary
 
 __all__ = ["SweepDriver"]
 
@@ -163,8 +157,8 @@ class SweepDriver:
 
         Ray starts first, on a thread (:class:`RayStart`): its processes come up while the
         workload is imported, the database opened and, for a new study on this host's CPU,
-        the baseline trained (see :func:`trains_here`; it starts on a read made before
-        the lease, and is not used if the study turns out to have one).
+        the baseline trained in a process of its own (see :func:`trains_here`; it starts
+        on a read made before the lease, and is not used if the study turns out to have one).
 
         A study certainly new (an early baseline: its SQLite file did not exist) has
         nothing stored to check the decoder on, so the driver waits for Ray first and starts
@@ -177,13 +171,15 @@ class SweepDriver:
             ray_start, self._ray_start = self._ray_start or RayStart.of(cfg), None
             stack.callback(ray_start.stop)
             early, self._early = self._early, None
-            workload = early.workload if early is not None else \
-                get_workload(cfg.workload, search_path=list(self.options.search_path))
-            model = workload.build_model()
+            if early is not None:
+                stack.callback(early.stop)
+            model = early.summary() if early is not None else self._model_summary()
             sensitivity, has_baseline = self._stored_state()
             plan = self._plan(model, None if for_sensitivity else sensitivity)
             # (an early baseline means the database did not exist: the read found no baseline)
-            local = early or (None if has_baseline else self._local_baseline(workload))
+            local = early or (None if has_baseline else self._local_baseline())
+            if local is not None and local is not early:
+                stack.callback(local.stop)
             pool = WorkerPool(cfg, plan, None, None, list(self.options.search_path))
             stack.callback(pool.kill_all)
             if early is not None:
@@ -204,36 +200,44 @@ class SweepDriver:
             self._check_nodes(store, info, pool)
             if prepare is not None:
                 prepare(store, info)
-            info, artifacts = self._start_workers(store, info, pool, artifacts, dense_fp32_bytes(model),
-                                                  trainer or local)
+            info, artifacts = self._start_workers(store, info, pool, artifacts, model.dense_bytes, trainer or local)
             yield RunContext(
-                store, info, plan, pool, lease, artifacts, prunable_layers(model), self.options, self.on_progress, t0,
-                embeddings=embedding_tables(model),
+                store, info, plan, pool, lease, artifacts, model.prunable, self.options, self.on_progress, t0,
+                embeddings=model.embeddings,
             )
 
-    def _plan(self, model: torch.nn.Module, sensitivity: dict[str, list[tuple[float, float]]] | None) -> TrialPlan:
+    def _model_summary(self) -> ModelSummary:
+        """The workload's model, built here (this imports torch), summarised."""
+        from crest.tasks import get_workload
+
+        workload = get_workload(self.config.workload, search_path=list(self.options.search_path))
+        return ModelSummary.of(workload.build_model())
+
+    def _plan(self, model: ModelSummary, sensitivity: dict[str, list[tuple[float, float]]] | None) -> TrialPlan:
         """The sweep's stages resolved against ``model``'s parameters."""
-        named = list(model.named_parameters())
         plan: TrialPlan = resolve_plan(
             self.config.stages,
-            [n for n, _ in named],
-            shapes={n: tuple(p.shape) for n, p in named},
+            list(model.shapes),
+            shapes=dict(model.shapes),
             sensitivity=sensitivity,
-            embeddings=embedding_tables(model),
+            embeddings=model.embeddings,
         )
         return plan
 
-    def _local_baseline(self, workload: Workload) -> LocalBaseline | None:
-        """The baseline's training in this process, begun now, when it :func:`trains_here`."""
+    def _local_baseline(self) -> LocalBaseline | None:
+        """The baseline's training on this host, in a process begun now, when it :func:`trains_here`."""
         if not trains_here(self.config):
             return None
-        return LocalBaseline(workload, self.config.seed, threads=baseline_threads(self.config))
+        return LocalBaseline(self.config.workload, self.config.seed, threads=baseline_threads(self.config),
+                             search_path=list(self.options.search_path))
 
     @staticmethod
     def _unless_stored(info: StudyInfo, local: LocalBaseline | None, *, early: bool) -> LocalBaseline | None:
-        """``local``, the baseline trained here, unless the study has one by now (None then)."""
+        """``local``, the baseline trained here, unless the study has one by now (None then,
+        and its process is ended)."""
         if local is None or info.baseline_sha256 is None:
             return local
+        local.stop()
         logger.info("study '%s' has a baseline already: the one trained here is not used", info.name)
         if early:  # another driver stored the study between the CLI's look and this one's
             logger.info("study '%s' was stored meanwhile: this node's decoder check ran on no stored artifact",

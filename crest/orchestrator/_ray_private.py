@@ -18,8 +18,8 @@ What ``ray.init`` does for a local instance that a crest driver's own Ray does w
   is imported), then starts the agent whole, for a dashboard that is not running.
 - Once the driver connects, the raylet starts one idle Python worker per CPU (each imports
   Ray: about 0.8 CPU-seconds). A driver that starts its own workers at once (a certainly
-  new study, whose baseline trains in the driver meanwhile) has no use for them, and they
-  take CPU from that training.
+  new study, whose baseline trains in a process of its own meanwhile) has no use for them,
+  and they take CPU from that training.
 
 :func:`lean_local_start` has ``ray.init`` skip the three processes (it replaces the three
 ``Node`` methods that start them), look for the raylet every 20 ms before that call, and

@@ -12,7 +12,7 @@ import optuna
 
 from crest.config import SweepConfig
 from crest.tasks import TrialPlan
-from crest.tasks._latency import LATENCY_OBJECTIVE
+from crest.tasks._latency_options import LATENCY_OBJECTIVE
 
 __all__ = ["CONSTRAINT_ATTR", "directions", "latency_ms", "make_sampler", "objective_values", "sampler_for", "suggest"]
 

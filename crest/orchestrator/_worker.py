@@ -8,21 +8,17 @@ import socket
 import time
 from collections.abc import Generator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crest.tasks import (
-    LatencyOptions,
-    ScoreReport,
-    SizeReport,
-    TrialOutcome,
-    TrialPlan,
-    TrialRunner,
-    get_workload,
-    layer_sensitivity,
-    resolve_device,
-    train_baseline,
-)
-from crest.tasks._device import device_name
+if TYPE_CHECKING:  # the driver imports this module for the actor class: torch loads in the worker only
+    from crest.tasks import (
+        LatencyOptions,
+        ScoreReport,
+        SizeReport,
+        TrialOutcome,
+        TrialPlan,
+        TrialRunner,
+    )
 
 __all__ = ["TrialWorker"]
 
@@ -58,6 +54,8 @@ class TrialWorker:
     ) -> None:
         import torch
 
+        from crest.tasks import get_workload, resolve_device
+
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device(device)  # in the actor: Ray has set CUDA_VISIBLE_DEVICES
         self.latency = latency
@@ -82,15 +80,21 @@ class TrialWorker:
             import torch
 
             gpu_name = torch.cuda.get_device_name(self.device)
+        from crest.tasks._device import device_name
+
         return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "device": device_name(self.device), "gpu": gpu_name}
 
     def train_baseline(self, seed: int) -> tuple[bytes, float]:
         """Train and encode the dense baseline; returns (artifact bytes, score)."""
+        from crest.tasks import train_baseline
+
         return train_baseline(self.workload, seed=seed, device=self.device)
 
     def load_baseline(self, blob: bytes, accuracy: float) -> dict[str, Any]:
         """Decode the baseline once; returns :meth:`node`."""
+        from crest.tasks import TrialRunner
+
         self.runner = TrialRunner(self.workload, self.plan, blob, accuracy, device=self.device, latency=self.latency)
         return self.node()
 
@@ -98,6 +102,8 @@ class TrialWorker:
         """Scores with only ``layer`` pruned to each sparsity (see :func:`crest.tasks.layer_sensitivity`)."""
         if self.runner is None:
             raise RuntimeError("load_baseline must be called before sensitivity")
+        from crest.tasks import layer_sensitivity
+
         return layer_sensitivity(self.workload, self.runner.baseline, layer, sparsities, device=self.device)
 
     def run(self, params: dict[str, Any], seed: int, metadata: dict[str, Any]) -> TrialOutcome:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from crest import gpu
 from crest.tasks._device import synchronize
+from crest.tasks._latency_options import LATENCY_OBJECTIVE, LatencyOptions
 from crest.tasks._lowrank import apply_structure
 from crest.tasks._train import batches
 from crest.tasks._workload import Workload
@@ -29,25 +29,6 @@ from crest.tasks._workload import Workload
 __all__ = ["LATENCY_OBJECTIVE", "LatencyOptions", "measure_latency", "median_ms"]
 
 logger = logging.getLogger(__name__)
-
-# the value ``objectives: [.., latency]`` minimises: compressed modules, batch 1, ms
-LATENCY_OBJECTIVE = "compressed_b1_ms"
-
-
-@dataclass(frozen=True)
-class LatencyOptions:
-    """How a trial times its model (``latency:`` in the sweep file).
-
-    Attributes:
-        enabled: measure at all.
-        warmup: untimed forwards before each measurement.
-        repeats: timed forwards; the median is reported.
-    """
-
-    enabled: bool = True
-    warmup: int = 2
-    repeats: int = 5
-
 
 @torch.no_grad()
 def median_ms(model: nn.Module, x: torch.Tensor, *, warmup: int, repeats: int, device: torch.device) -> float:

@@ -17,13 +17,14 @@ model), stored in the artifact's metadata under ``"lowrank"``::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from crest.exceptions import CrestError
+from crest.tasks._factor_names import factor_names, factorised_param_names
 
 __all__ = [
     "LowRankLinear",
@@ -35,6 +36,7 @@ __all__ = [
     "factorize_layer",
     "apply_structure",
     "factor_names",
+    "factorised_param_names",
 ]
 
 
@@ -255,37 +257,3 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> nn.Module
         new.to(next(module.parameters()).device)
         _set_module(model, name, new)
     return model
-
-
-def factor_names(layer: str, ndim: int, has_bias: bool) -> list[str]:
-    """Parameter names of a factorised layer, in model order.
-
-    Args:
-        layer: the module name (``"fc1"``).
-        ndim: the original weight's ndim (2: Linear, 4: Conv2d).
-        has_bias: whether the original layer has a bias.
-    """
-    parts = ["first", "last"] if ndim == 2 else ["first", "core", "last"]
-    names = [f"{layer}.{p}.weight" for p in parts]
-    if has_bias:
-        names.append(f"{layer}.last.bias")
-    return names
-
-
-def factorised_param_names(
-    names: Sequence[str], shapes: Mapping[str, Sequence[int]], layers: Sequence[str]
-) -> list[str]:
-    """The model's parameter names after factorising ``layers`` (weight names), in order."""
-    chosen = {n.removesuffix(".weight") for n in layers}
-    out: list[str] = []
-    done: set[str] = set()
-    for name in names:
-        module = name.rpartition(".")[0]
-        if module in chosen:
-            if module not in done:
-                done.add(module)
-                ndim = len(shapes[f"{module}.weight"])
-                out.extend(factor_names(module, ndim, f"{module}.bias" in shapes))
-            continue
-        out.append(name)
-    return out

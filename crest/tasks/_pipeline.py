@@ -47,6 +47,7 @@ from crest.tasks._finetune import finetune_centroids
 from crest.tasks._fit import FitContext, fit_epochs, label_tensors, run_fit
 from crest.tasks._latency import LatencyOptions, measure_latency
 from crest.tasks._lowrank import apply_structure, factorize_layer
+from crest.tasks._outcome import TrialOutcome
 from crest.tasks._plan_types import StagePlan, TrialPlan
 from crest.tasks._prune import magnitude_mask, sparsity_mask
 from crest.tasks._quantize import cluster_weights
@@ -84,31 +85,6 @@ DSD_SEED_OFFSET = 7919
 FINETUNE_SEED_OFFSET = 104729
 
 
-@dataclass
-class TrialOutcome:
-    """A finished trial: the artifact bytes and what was measured on their decoded form.
-
-    ``layers`` maps each tensor name to {"sparsity" (fraction of zeros), "bits" (code
-    width, or None when not quantized), "encoding", "index_bits", "nonzeros"}.
-    ``transport_bytes`` is the size of the Huffman-coded transport form
-    (:func:`crest.gpu.to_transport`); ``size_bytes`` is the GPU-resident file.
-    ``size_bounds`` is what a step-by-step run reported before retraining (low, high bytes).
-    ``device`` is where the trial ran (``cpu``, ``cuda:0``); ``details`` holds its
-    measurements as a small JSON object: ``timings`` (seconds per phase), ``latency``,
-    ``peak_rss_bytes``, ``fit_warning`` (each optional).
-    """
-
-    blob: bytes
-    accuracy: float
-    accuracy_drop: float
-    size_bytes: int
-    ratio: float
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seconds: float = 0.0
-    transport_bytes: int | None = None
-    size_bounds: tuple[int, int] | None = None
-    device: str = "cpu"
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
@@ -272,13 +248,17 @@ def _positive_zeros(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def train_baseline(workload: Workload, *, seed: int, device: torch.device | str = "cpu") -> tuple[bytes, float]:
+def train_baseline(
+    workload: Workload, *, seed: int, device: torch.device | str = "cpu",
+    on_model: Callable[[nn.Module], None] | None = None,
+) -> tuple[bytes, float]:
     """Train the dense baseline (the workload's ``fit`` when it has one) and encode it exactly.
 
     Args:
         workload: the model and data.
         seed: seeds torch and the shuffle.
         device: where it trains and is scored (``auto`` resolves as a worker does).
+        on_model: called with the built model, on ``device``, before it trains.
 
     Returns:
         (artifact bytes, the baseline's score measured on the decoded artifact).
@@ -286,6 +266,8 @@ def train_baseline(workload: Workload, *, seed: int, device: torch.device | str 
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = workload.build_model().to(dev)
+    if on_model is not None:
+        on_model(model)
     if workload.fit is None:
         train(model, workload, epochs=workload.baseline_epochs, lr=workload.lr, seed=seed)
     else:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from crest.config import (
     EncodeStage,
@@ -28,14 +26,15 @@ from crest.config import (
 )
 from crest.exceptions import ConfigError
 from crest.format import DEFAULT_CHUNK_ENTRIES
-from crest.tasks._lowrank import factorised_param_names
+from crest.tasks._factor_names import factorised_param_names
 from crest.tasks._plan_types import ParamSpec, StagePlan, TrialPlan
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ParamSpec", "StagePlan", "TrialPlan", "embedding_tables", "resolve_plan", "sensitivity_range"]
 
 logger = logging.getLogger(__name__)
-
-EMBEDDING_TYPES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
 def _spec(name: str, kind: str, value: Any) -> ParamSpec:
@@ -53,10 +52,13 @@ def _option(params: list[ParamSpec], name: str, kind: str, value: Any) -> str:
 
 def embedding_tables(model: torch.nn.Module) -> list[str]:
     """Parameter names of the model's embedding tables (nn.Embedding / nn.EmbeddingBag weights)."""
+    # the model is built, so torch is imported; resolving a plan does not import it
+    from torch import nn
+
     return [
         f"{module_name}.{name}" if module_name else name
         for module_name, module in model.named_modules()
-        if isinstance(module, EMBEDDING_TYPES)
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag)
         for name, _ in module.named_parameters(recurse=False)
     ]
 

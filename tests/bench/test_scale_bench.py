@@ -56,3 +56,17 @@ def test_record_seconds_are_read_from_the_driver_log(bench: Any, tmp_path: Any) 
     log = tmp_path / "driver.log"
     log.write_text("crest: DEBUG: trial 0 recorded in 0.6299 s\nother\ncrest: DEBUG: trial 12 recorded in 0.0824 s\n")
     assert bench.record_seconds(log) == {0: 0.6299, 12: 0.0824}
+
+
+def test_the_baseline_process_is_found_among_the_drivers_children(bench: Any) -> None:
+    """The memory sampler finds the driver's child that trains the baseline, and nothing once it is gone."""
+    import os
+
+    from crest.orchestrator._baseline import LocalBaseline
+
+    local = LocalBaseline("tiny-digits", 0, threads=1)
+    try:
+        assert bench._baseline_pid(os.getpid()) == local._proc.pid
+    finally:
+        local.stop()
+    assert bench._baseline_pid(os.getpid()) is None

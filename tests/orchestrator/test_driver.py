@@ -280,15 +280,16 @@ def test_sensitivity_table_bounds_a_later_sweep(sqlite_url: str) -> None:
         store.close()
 
 
-def test_a_local_study_trains_its_baseline_in_the_driver_and_a_later_run_keeps_it(
+def test_a_local_study_trains_its_baseline_on_this_host_and_a_later_run_keeps_it(
     sqlite_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No Ray address and CPU workers: the baseline trains in the driver while Ray starts.
+    """No Ray address and CPU workers: the baseline trains on this host, in a process of
+    its own, while Ray starts.
     When the read made before the lease missed a baseline that the study has (another
     driver stored it meanwhile), the stored one is kept and the local one is not used."""
     with caplog.at_level("INFO", logger="crest"):
         _run(sqlite_url, n_trials=1)
-    assert "training the baseline in the driver" in caplog.text
+    assert "training the baseline in a process of its own" in caplog.text
     store = Store(sqlite_url, create=False)
     stored = store.require_study("tiny").baseline_sha256
     store.close()
@@ -319,7 +320,7 @@ def test_a_baseline_begun_before_the_driver_is_the_one_it_stores(
         assert early is not None
         summary = SweepDriver(config, sweep_yaml="# test\n", options=OPTIONS, baseline=early).run()
     assert summary.complete == 1
-    assert caplog.text.count("training the baseline in the driver") == 1
+    assert caplog.text.count("training the baseline in a process of its own") == 1
     blob, _ = early.result()  # (that it is the baseline a worker trains is tested in test_local_start)
     store = Store(sqlite_url, create=False)
     try:
