@@ -6,11 +6,13 @@ stderr, exit code 2, no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -200,6 +202,25 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block's end, then raise KeyboardInterrupt if
+    either came. For the driver's start-up imports, which run beside Ray's on its thread:
+    a KeyboardInterrupt raised inside Python's import machinery can leave an import lock
+    held (a swallowed exception in a weak-reference callback), and every import after it,
+    in any thread, waits for ever."""
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: came.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came:
+        raise KeyboardInterrupt
+
+
 def _driver_options(lease_ttl: float) -> Any:
     """The driver's knobs for a CLI run: heartbeats four times per TTL, workloads from the cwd."""
     from crest.orchestrator import DriverOptions
@@ -218,11 +239,13 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     # the longest part of the start-up. Ray's processes start while the driver imports
     # Optuna and SQLAlchemy; the driver of a certainly new study starts its first worker as
     # soon as Ray answers, so Ray starts no idle ones (they would take CPU from the training)
-    baseline = early_baseline(config, list(options.search_path))
-    ray_start = RayStart.of(config, idle_workers=not starts_own_workers(config))
+    baseline = ray_start = None
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
     try:
-        from crest.orchestrator import SweepDriver
+        with _interrupts_deferred():
+            baseline = early_baseline(config, list(options.search_path))
+            ray_start = RayStart.of(config, idle_workers=not starts_own_workers(config))
+            from crest.orchestrator import SweepDriver
 
         printer = ProgressPrinter(enabled=not quiet)
         driver = SweepDriver(config, sweep_yaml=text, options=options, on_progress=printer.update,
@@ -237,8 +260,9 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
             err=True,
         )
         raise typer.Exit(130) from None
-    finally:
-        ray_start.stop()  # the driver stopped both already, unless it failed before its start
+    finally:  # the driver stopped both already, unless it failed before its start
+        if ray_start is not None:
+            ray_start.stop()
         if baseline is not None:
             baseline.stop()
         signal.signal(signal.SIGTERM, previous)

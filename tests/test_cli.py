@@ -376,3 +376,47 @@ def test_a_launch_that_fails_while_its_baseline_trains_exits_2_without_aborting(
     assert out.returncode == 2, out.stderr[-3000:]
     message = "crest: error: cannot connect to sqlite:///crest.db: file is not a database"
     assert out.stderr.strip().splitlines() == [message]
+
+
+def _baseline_child_of(driver: int) -> int | None:
+    """The pid of ``driver``'s child that trains the baseline, if any."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"_baseline_child" in (entry / "cmdline").read_bytes():
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == driver:
+                    return int(entry.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_launch_stopped_while_its_baseline_trains_ends_the_training_too(tmp_path: Path, how: int) -> None:
+    """SIGTERM or Ctrl-C (SIGINT to the driver) during a new study's start-up: the launch
+    says how to resume and exits 130, and the process that trained the baseline is gone."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "crest", "launch", str(repo / "examples" / "lenet300-mnist.yaml"),
+                             "-q"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
+    try:
+        child = None
+        deadline = time.monotonic() + 60
+        while child is None and time.monotonic() < deadline and proc.poll() is None:
+            child = _baseline_child_of(proc.pid)
+            time.sleep(0.02)
+        assert child is not None, "the baseline's process never appeared"
+        proc.send_signal(how)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "crest resume lenet300-mnist" in err
+    gone = False
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            gone = True
+            break
+        time.sleep(0.05)
+    assert gone, "the baseline's process outlived the launch"

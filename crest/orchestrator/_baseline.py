@@ -39,7 +39,25 @@ __all__ = ["LocalBaseline", "early_baseline", "new_study_here", "starts_own_work
 logger = logging.getLogger(__name__)
 
 CHILD_MODULE = "crest.orchestrator._baseline_child"
-_BLOB_SLACK = 64 << 20  # the artifact's headers and tables beyond the dense float32 bytes
+_BLOB_SLACK = 64 << 20  # the artifact's header and tables beyond its tensors' bytes
+_EXIT_GRACE_S = 5.0  # how long a child that sent its baseline may take to end
+
+
+def child_command() -> list[str]:
+    """The baseline process's command line: this interpreter, without the working directory
+    on its path (``-P``: a ``torch.py`` there must not shadow torch, as it does not in the
+    driver), running :data:`CHILD_MODULE`."""
+    return [sys.executable, "-P", "-m", CHILD_MODULE]
+
+
+def _child_env() -> dict[str, str]:
+    """The driver's environment, with the directory crest was imported from in front of
+    ``PYTHONPATH`` (so that the child runs this crest, installed or not)."""
+    import crest
+
+    root = str(Path(crest.__file__).resolve().parent.parent)
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
 class LocalBaseline:
@@ -48,7 +66,8 @@ class LocalBaseline:
     count, so that the baseline is the one a worker on this host would train).
 
     The child ends when the baseline is sent, when :meth:`stop` is called, or when this
-    process ends (its stdin closes, even after ``kill -9``). Its memory (the model, its
+    process ends (its stdin closes, even after ``kill -9``). It runs in a process group of
+    its own: Ctrl-C reaches the driver, which stops it. Its memory (the model, its
     gradients, Adam's moments) goes back to the system with it.
 
     Args:
@@ -56,12 +75,15 @@ class LocalBaseline:
         seed: the baseline's seed.
         threads: torch intra-op threads of the training.
         search_path: directories for importing a ``module:function`` workload.
+        command: the child's command line (default :func:`child_command`; tests pass
+            another to play a broken child).
 
     Raises:
         SweepError: the child process cannot be started.
     """
 
-    def __init__(self, workload: str, seed: int, *, threads: int, search_path: Sequence[str] = ()) -> None:
+    def __init__(self, workload: str, seed: int, *, threads: int, search_path: Sequence[str] = (),
+                 command: Sequence[str] | None = None) -> None:
         self.workload = workload
         self._threads = threads
         self._summary: ModelSummary | None = None
@@ -71,39 +93,48 @@ class LocalBaseline:
         self._done = threading.Event()  # set with the baseline, or with the error
         self.seconds = 0.0  # how long the training took, in the child
         request = {"workload": workload, "search_path": [str(p) for p in search_path], "seed": seed,
-                   "threads": threads}
+                   "threads": threads, "log_level": logging.getLogger("crest").getEffectiveLevel()}
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE)
+            self._proc = subprocess.Popen(list(command or child_command()), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, env=_child_env(), process_group=0)
         except OSError as e:
             raise SweepError(f"the baseline's process could not be started: {e}") from e
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-        self._proc.stdin.flush()
-        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), name="crest-baseline",
-                                        daemon=True)
-        self._reader.start()
+        try:
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self._proc.stdin.flush()
+            self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), name="crest-baseline",
+                                            daemon=True)
+            self._reader.start()
+        except BaseException as e:  # the child has no owner yet: end it, then raise
+            self._kill()
+            if isinstance(e, OSError):
+                raise SweepError(f"the baseline's process could not be started: {e}") from e
+            raise
         logger.info("training the baseline in a process of its own (pid %d, %d thread(s)) while Ray starts",
                     self._proc.pid, threads)
 
     def _read(self, src: Any) -> None:
-        """Read the child's frames (on a thread) until the baseline, an error or the end."""
+        """Read the child's frames (on a thread) until the baseline, an error or the end.
+        A reply that breaks the protocol ends the child."""
         try:
             self._read_frames(src)
-        except (OSError, ValueError, SweepError) as e:
-            self._fail(SweepError(f"the baseline's process sent a broken reply: {e}"))
+        except Exception as e:  # any broken reply (a short frame, JSON too deep, ...): fail, never hang
+            logger.debug("the baseline's process broke the protocol", exc_info=True)
+            self._fail(SweepError(f"the baseline's process sent a broken reply: {type(e).__name__}: {e}"))
+            self._kill()
         finally:
-            if not self._done.is_set():
-                code = self._proc.wait()
-                self._fail(SweepError(f"the baseline's process ended (exit code {code}) before sending it"))
+            src.close()
+            if not self._done.is_set():  # its stdout closed before the baseline: it is ending
+                self._fail(SweepError(f"the baseline's process ended (exit code {self._reap()}) before sending it"))
 
     def _read_frames(self, src: Any) -> None:
         limits = {SUMMARY: MAX_SUMMARY_BYTES, ERROR: MAX_ERROR_BYTES}
         while (frame := read_frame(src, limits)) is not None:
             kind, payload = frame
-            if kind == SUMMARY:
+            if kind == SUMMARY and self._summary is None:
                 self._summary = ModelSummary.from_json(payload)
-                limits = {BASELINE: BASELINE_HEAD.size + 4 * self._summary.dense_bytes + _BLOB_SLACK,
+                limits = {BASELINE: BASELINE_HEAD.size + self._summary.state_bytes + _BLOB_SLACK,
                           ERROR: MAX_ERROR_BYTES}
                 self._have_summary.set()
             elif kind == BASELINE:
@@ -112,7 +143,10 @@ class LocalBaseline:
                 self._done.set()
                 return
             else:
-                self._fail(_child_error(payload))
+                error, trace = _child_error(payload)
+                if trace:
+                    logger.debug("the baseline's process failed:\n%s", trace)
+                self._fail(error)
                 return
 
     def _fail(self, error: BaseException) -> None:
@@ -157,34 +191,47 @@ class LocalBaseline:
         raise self._error
 
     def stop(self) -> None:
-        """End the child (at once, if it still trains) and reap it. Idempotent."""
+        """End the child (at once, unless it sent its baseline and is ending) and reap it.
+        Idempotent."""
         proc = self._proc
         if proc.stdin is not None and not proc.stdin.closed:
             try:
                 proc.stdin.close()  # the child ends when its stdin closes
             except OSError as e:
                 logger.debug("closing the baseline's stdin: %s", e)
-        if proc.poll() is None and not self._done.is_set():
-            proc.kill()
+        if self._out is None:
+            self._kill()
+        else:
+            self._reap()
+
+    def _kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+    def _reap(self) -> int:
+        """Wait for the child's end (killing it after :data:`_EXIT_GRACE_S`); its exit code."""
         try:
-            proc.wait(timeout=10)
+            return self._proc.wait(timeout=_EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self._kill()
+            return self._proc.returncode
 
 
-def _child_error(payload: bytes) -> BaseException:
-    """The exception the child reported: crest's own class (a WorkloadError stays one),
-    else a SweepError naming the cause. Only crest's exception classes are looked up."""
+def _child_error(payload: bytes) -> tuple[BaseException, str]:
+    """The exception the child reported (crest's own class: a WorkloadError stays one;
+    else a SweepError naming the cause) and its traceback's text. Only crest's exception
+    classes are looked up."""
     try:
         doc = json.loads(payload)
         name, message, ours = str(doc["type"]), str(doc["message"]), bool(doc["crest"])
-    except (ValueError, KeyError, TypeError) as e:
-        return SweepError(f"the baseline's process sent a broken error: {e}")
+        trace = str(doc.get("traceback", ""))
+    except (ValueError, KeyError, TypeError, RecursionError, AttributeError) as e:
+        return SweepError(f"the baseline's process sent a broken error: {e}"), ""
     cls = getattr(exceptions, name, None) if ours else None
     if isinstance(cls, type) and issubclass(cls, CrestError):
-        return cls(message)
-    return SweepError(f"the baseline could not be trained: {name}: {message}")
+        return cls(message), trace
+    return SweepError(f"the baseline could not be trained: {name}: {message}"), trace
 
 
 def trains_here(config: Any) -> bool:

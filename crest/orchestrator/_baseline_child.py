@@ -21,6 +21,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from typing import IO, Any
 
 __all__ = ["BASELINE", "ERROR", "MAX_ERROR_BYTES", "MAX_REQUEST_BYTES", "SUMMARY", "main", "read_frame",
@@ -98,9 +99,13 @@ def _exit_when_closed() -> None:
 
 
 def _error(e: BaseException) -> bytes:
+    """The E frame's payload: the exception's class name, message and traceback (each cut
+    to fit :data:`MAX_ERROR_BYTES`), and whether it is one of crest's."""
     from crest.exceptions import CrestError
 
-    doc = {"type": type(e).__name__, "message": str(e)[:4000], "crest": isinstance(e, CrestError)}
+    trace = "".join(traceback.format_exception(e))[-(MAX_ERROR_BYTES // 4):]
+    doc = {"type": type(e).__name__[:200], "message": str(e)[:4000], "crest": isinstance(e, CrestError),
+           "traceback": trace}
     return json.dumps(doc).encode()
 
 
@@ -125,19 +130,20 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the driver, which ends this process
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the workload's prints go to stderr, never into the frames
-    logging.basicConfig(level=logging.WARNING, format="crest (baseline): %(levelname)s %(message)s")
     try:
         request = _read_request()
     except ValueError as e:
         write_frame(out, ERROR, _error(e))
         return 2
+    level = request.get("log_level", logging.WARNING)
+    logging.basicConfig(level=level if isinstance(level, int) else logging.WARNING,
+                        format="crest (baseline): %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_exit_when_closed, name="crest-stdin", daemon=True).start()
     try:
         _train(request, out)
     except BrokenPipeError:  # the driver is gone
         return 1
-    except Exception as e:  # sent to the driver, which raises it
-        logger.debug("the baseline failed", exc_info=True)
+    except Exception as e:  # noqa: BLE001 -- sent to the driver, which raises it and logs the traceback
         try:
             write_frame(out, ERROR, _error(e))
         except BrokenPipeError:

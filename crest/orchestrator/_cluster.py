@@ -125,6 +125,9 @@ class _NotMainThreadFilter(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+STOP_WAIT_S = 20.0  # how long RayStart.stop waits for a start still running
+
+
 class RayStart:
     """:func:`connect` on a thread of its own, begun at construction, so that Ray's
     processes start while the driver imports its workload, opens its database and trains
@@ -185,11 +188,22 @@ class RayStart:
         return self._started
 
     def stop(self) -> None:
-        """Wait for the start, then stop the Ray it started (if any); again, nothing."""
+        """Wait for the start (at most :data:`STOP_WAIT_S`), then stop the Ray it started
+        (if any); again, nothing.
+
+        A start still running after that is left: Ray's processes end with this process
+        (their parent-death signal, crest's watchdog). That happens when a Ctrl-C or
+        SIGTERM lands in the middle of an import on the main thread while this thread
+        imports Ray: Python can then leave a module's import lock held, and the start
+        waits for it for ever."""
         if self._stopped:
             return
         self._stopped = True
-        self._up.wait()
+        if not self._up.wait(timeout=STOP_WAIT_S):
+            logger.warning("Ray's start had not finished %.0f s after the stop: left to end with this process",
+                           STOP_WAIT_S)
+            self._release.set()
+            return
         try:
             if self._error is None:
                 disconnect(self._started)

@@ -5,8 +5,8 @@ and a workload before anything is written; the study's row and its lease come ne
 Ray, the decoder check of every node, the baseline, and a pool of workers on the nodes
 that passed. (A study certainly new, whose baseline trains on this host in a process of
 its own, has nothing stored: Ray, its node's check and the first worker come before its
-row; and its driver never imports torch: that process sends the model's summary, which
-is all the plan needs.) A new study's
+row.) A new study whose baseline trains on this host never imports torch in its driver:
+the baseline's process sends the model's summary, which is all the plan needs. A new study's
 baseline trainer starts while the decoder checks run (it becomes a worker only if its
 node passes; the baseline, encoded on the host, is kept either way). Then a loop
 (:class:`~crest.orchestrator._sweep_loop.SweepLoop`, or
@@ -173,13 +173,14 @@ class SweepDriver:
             early, self._early = self._early, None
             if early is not None:
                 stack.callback(early.stop)
-            model = early.summary() if early is not None else self._model_summary()
             sensitivity, has_baseline = self._stored_state()
-            plan = self._plan(model, None if for_sensitivity else sensitivity)
             # (an early baseline means the database did not exist: the read found no baseline)
             local = early or (None if has_baseline else self._local_baseline())
             if local is not None and local is not early:
                 stack.callback(local.stop)
+            # a baseline trained here sends the model's summary: the driver builds no model
+            model = local.summary() if local is not None else self._model_summary()
+            plan = self._plan(model, None if for_sensitivity else sensitivity)
             pool = WorkerPool(cfg, plan, None, None, list(self.options.search_path))
             stack.callback(pool.kill_all)
             if early is not None:

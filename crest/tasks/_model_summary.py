@@ -1,5 +1,5 @@
 """What the driver needs of a model: its parameters' names and shapes, which of them are
-prunable or embedding tables, and its dense float32 size. Plain data, no torch: a new
+prunable or embedding tables, its dense float32 size and its state's size. Plain data, no torch: a new
 local study's driver gets it from the process that trains the baseline, as JSON, and
 never builds the model itself."""
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_SUMMARY_BYTES", "ModelSummary"]
 
 MAX_SUMMARY_BYTES = 64 << 20  # a summary's JSON: ~100 bytes per parameter tensor
+MAX_STATE_BYTES = 1 << 40  # 1 TiB: no model crest trains on one host comes near
 _MAX_DIMS = 8
 
 
@@ -30,32 +31,38 @@ class ModelSummary:
         prunable: names of the weights of 2 or more dimensions (see ``prunable_layers``).
         embeddings: names of the embedding tables' weights (see ``embedding_tables``).
         dense_bytes: the model's parameters as float32, in bytes.
+        state_bytes: the model's ``state_dict`` (parameters and buffers) as stored, in
+            bytes: what bounds the baseline's artifact.
     """
 
     shapes: dict[str, tuple[int, ...]]
     prunable: list[str]
     embeddings: list[str]
     dense_bytes: int
+    state_bytes: int
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> ModelSummary:
-        """The summary of a built model (on any device)."""
+        """The summary of a built model (on any device). An embedding table whose weight
+        is tied to a parameter named elsewhere is listed under that name only."""
         from crest.tasks._pipeline import dense_fp32_bytes
         from crest.tasks._plan import embedding_tables
         from crest.tasks._sensitivity import prunable_layers
 
+        shapes = {name: tuple(int(d) for d in p.shape) for name, p in model.named_parameters()}
         return cls(
-            shapes={name: tuple(int(d) for d in p.shape) for name, p in model.named_parameters()},
+            shapes=shapes,
             prunable=prunable_layers(model),
-            embeddings=embedding_tables(model),
+            embeddings=[name for name in embedding_tables(model) if name in shapes],
             dense_bytes=dense_fp32_bytes(model),
+            state_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()),
         )
 
     def to_json(self) -> bytes:
         """The summary as UTF-8 JSON (what :meth:`from_json` reads)."""
         shapes = [[name, list(shape)] for name, shape in self.shapes.items()]
         doc = {"shapes": shapes, "prunable": self.prunable, "embeddings": self.embeddings,
-               "dense_bytes": self.dense_bytes}
+               "dense_bytes": self.dense_bytes, "state_bytes": self.state_bytes}
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -65,7 +72,7 @@ class ModelSummary:
         Raises:
             SweepError: ``data`` is over :data:`MAX_SUMMARY_BYTES`, not such JSON, or
                 inconsistent (a name listed as prunable that is not a parameter, a
-                negative size, ...).
+                negative size, a size over :data:`MAX_STATE_BYTES`, ...).
         """
         if len(data) > MAX_SUMMARY_BYTES:
             raise SweepError(f"the model's summary is {len(data)} bytes, over {MAX_SUMMARY_BYTES}")
@@ -74,16 +81,18 @@ class ModelSummary:
             shapes = {_name(name): _shape(shape) for name, shape in doc["shapes"]}
             prunable = [_name(n) for n in doc["prunable"]]
             embeddings = [_name(n) for n in doc["embeddings"]]
-            dense_bytes = doc["dense_bytes"]
-        except (ValueError, KeyError, TypeError) as e:
+            dense_bytes, state_bytes = doc["dense_bytes"], doc["state_bytes"]
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise SweepError(f"the model's summary is malformed: {type(e).__name__}: {e}") from e
         unknown = [n for n in prunable + embeddings if n not in shapes]
         if unknown:
             raise SweepError(f"the model's summary names '{unknown[0]}', which is not one of its parameters")
         elements = sum(math.prod(s) for s in shapes.values())
-        if type(dense_bytes) is not int or dense_bytes != 4 * elements:
-            raise SweepError(f"the model's summary gives {dense_bytes!r} dense bytes for {elements} elements")
-        return cls(shapes, prunable, embeddings, dense_bytes)
+        if type(dense_bytes) is not int or dense_bytes != 4 * elements or dense_bytes > MAX_STATE_BYTES:
+            raise SweepError(f"the model's summary gives {dense_bytes!r:.40} dense bytes for {elements} elements")
+        if type(state_bytes) is not int or not 0 <= state_bytes <= MAX_STATE_BYTES:
+            raise SweepError(f"the model's summary gives a state of {state_bytes!r:.40} bytes")
+        return cls(shapes, prunable, embeddings, dense_bytes, state_bytes)
 
 
 def _name(value: Any) -> str:

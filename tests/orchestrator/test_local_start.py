@@ -364,8 +364,9 @@ def test_a_ray_start_that_fails_raises_in_the_caller() -> None:
 
 
 def test_the_driver_of_a_new_local_study_never_imports_torch(tmp_path: Path) -> None:
-    """The quick start's path: the baseline's process sends the model's summary, so the
-    driver resolves the plan, checks its node and runs the sweep without torch."""
+    """The quick start's path (a new SQLite file), and a new study in a file that exists:
+    the baseline's process sends the model's summary, so the driver resolves the plan,
+    checks its node and runs the sweep without torch."""
     import yaml
 
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "n_trials": 2}))
@@ -373,17 +374,18 @@ def test_the_driver_of_a_new_local_study_never_imports_torch(tmp_path: Path) -> 
         """
         import sys
         from crest.cli import main
-        sys.argv = ["crest", "launch", "sweep.yaml", "-q"]
+        sys.argv = ["crest", "launch", "sweep.yaml", "-q", *sys.argv[1:]]
         try:
             main()
         except SystemExit as e:
             print("exit", e.code, "torch" in sys.modules)
         """
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         check=False)
-    assert run.stdout.strip().splitlines()[-1] == "exit 0 False", run.stdout[-2000:] + run.stderr[-3000:]
-    assert "2 complete trials" in run.stdout
+    for args in ([], ["--study", "another"]):  # the second finds crest.db there
+        run = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300, check=False)
+        assert run.stdout.strip().splitlines()[-1] == "exit 0 False", run.stdout[-2000:] + run.stderr[-3000:]
+        assert "2 complete trials" in run.stdout
 
 
 def test_the_baseline_does_not_depend_on_what_the_driver_draws_meanwhile() -> None:
@@ -405,3 +407,76 @@ def test_the_baseline_does_not_depend_on_what_the_driver_draws_meanwhile() -> No
         assert (blob, accuracy) == train_baseline(get_workload("tiny-digits"), seed=5)
     finally:
         torch.set_num_threads(threads)
+
+
+FAKE_CHILD = """
+import json, os, struct, sys, time
+os.read(0, 65536)
+out = os.fdopen(1, "wb")
+summary = json.dumps({"shapes": [["w", [2, 2]]], "prunable": ["w"], "embeddings": [], "dense_bytes": 16,
+                      "state_bytes": 16}).encode()
+def frame(kind, payload, length=None):
+    out.write(struct.pack(">cQ", kind, len(payload) if length is None else length) + payload)
+    out.flush()
+how = sys.argv[1]
+if how == "deep":
+    frame(b"S", b"[" * 100000)
+elif how == "short":
+    frame(b"S", summary); frame(b"B", b"\\x00" * 3)
+elif how == "huge":
+    frame(b"S", summary); frame(b"B", b"", length=1 << 40)
+elif how == "kind":
+    frame(b"Z", b"")
+elif how == "cut":  # ends within a frame's header
+    frame(b"S", summary); out.write(b"B"); out.flush(); os._exit(0)
+time.sleep(600)  # a broken child that would not end by itself
+"""
+
+
+@pytest.mark.parametrize("how", ["deep", "short", "huge", "kind", "cut"])
+def test_a_broken_reply_fails_at_once_and_ends_the_child(tmp_path: Path, how: str) -> None:
+    """Whatever the child sends (JSON nested too deep, a short or oversized baseline, an
+    unknown kind, a cut frame), the driver raises a SweepError without waiting for the
+    child, ends it, and allocates nothing the frame merely names."""
+    script = tmp_path / "fake_child.py"
+    script.write_text(FAKE_CHILD)
+    local = LocalBaseline("tiny-digits", 0, threads=1, command=[sys.executable, str(script), how])
+    t0 = time.monotonic()
+    with pytest.raises(SweepError, match="broken reply|ended"):
+        local.result()
+    assert time.monotonic() - t0 < 60
+    local._reader.join(timeout=30)
+    assert not local._reader.is_alive() and local._proc.poll() is not None, "the child was ended and reaped"
+
+
+def test_a_child_killed_while_training_is_a_sweep_error_with_its_exit_code(tmp_path: Path) -> None:
+    local = _broken(tmp_path, "slow")
+    time.sleep(0.5)
+    os.kill(local._proc.pid, signal.SIGKILL)
+    with pytest.raises(SweepError, match=r"ended \(exit code -9\) before sending it"):
+        local.result()
+
+
+def test_a_failure_in_the_child_is_logged_with_its_traceback_at_debug_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("DEBUG", logger="crest"), pytest.raises(SweepError, match="no model today"):
+        _broken(tmp_path, "plain").result()
+    assert "the baseline's process failed" in caplog.text and "Traceback" in caplog.text
+    assert "broken_wl.py" in caplog.text
+
+
+def test_a_tied_embedding_is_listed_under_the_name_the_model_gives_its_weight() -> None:
+    """A head registered before the embedding it shares its weight with: the weight is
+    named once (``head.weight``); the summary lists no name that is not a parameter, and
+    reads back."""
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(8, 20, bias=False)
+            self.embed = torch.nn.Embedding(20, 8)
+            self.embed.weight = self.head.weight
+
+    summary = ModelSummary.of(Tied())
+    assert list(summary.shapes) == ["head.weight"] and summary.embeddings == []
+    assert ModelSummary.from_json(summary.to_json()) == summary
