@@ -210,15 +210,25 @@ def _interrupts_deferred() -> Iterator[None]:
     held (a swallowed exception in a weak-reference callback), and every import after it,
     in any thread, waits for ever."""
     came: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: came.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # (a background job ignores Ctrl-C: so does this)
+                previous[sig] = signal.signal(sig, lambda signum, _frame: came.append(signum))
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if came:
         raise KeyboardInterrupt
+
+
+def _nothing_stored(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist (an interrupted launch
+    stored nothing there); False for any other database, which may hold the study."""
+    from crest.orchestrator._baseline import new_sqlite_file
+
+    return new_sqlite_file(url)
 
 
 def _driver_options(lease_ttl: float) -> Any:
@@ -240,8 +250,9 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
     # Optuna and SQLAlchemy; the driver of a certainly new study starts its first worker as
     # soon as Ray answers, so Ray starts no idle ones (they would take CPU from the training)
     baseline = ray_start = None
-    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops as cleanly as Ctrl-C
         with _interrupts_deferred():
             baseline = early_baseline(config, list(options.search_path))
             ray_start = RayStart.of(config, idle_workers=not starts_own_workers(config))
@@ -253,6 +264,9 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
         with printer:
             summary = driver.run()
     except KeyboardInterrupt:
+        if _nothing_stored(config.storage):
+            typer.echo("crest: interrupted before anything was stored; launch again to start the study", err=True)
+            raise typer.Exit(130) from None
         typer.echo(
             f"crest: interrupted; completed trials are kept. Continue with: crest resume {config.study}"
             + (f" --storage {_shown(config.storage)}" if config.storage != DEFAULT_STORAGE else "")
@@ -260,12 +274,16 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
             err=True,
         )
         raise typer.Exit(130) from None
-    finally:  # the driver stopped both already, unless it failed before its start
-        if ray_start is not None:
-            ray_start.stop()
-        if baseline is not None:
-            baseline.stop()
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # the driver stopped both already, unless it failed before its start: the training first
+        try:
+            if baseline is not None:
+                baseline.stop()
+        finally:
+            try:
+                if ray_start is not None:
+                    ray_start.stop()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
     typer.echo(
         f"study '{summary.study}': {summary.complete} complete trials"
         + (f" and {summary.pruned} pruned" if summary.pruned else "")

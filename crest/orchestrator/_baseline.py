@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ from crest.orchestrator._baseline_child import (
 )
 from crest.tasks._model_summary import MAX_SUMMARY_BYTES, ModelSummary
 
-__all__ = ["LocalBaseline", "early_baseline", "new_study_here", "starts_own_workers",
+__all__ = ["LocalBaseline", "early_baseline", "new_sqlite_file", "new_study_here", "starts_own_workers",
            "trains_here"]
 
 logger = logging.getLogger(__name__)
@@ -43,21 +44,22 @@ _BLOB_SLACK = 64 << 20  # the artifact's header and tables beyond its tensors' b
 _EXIT_GRACE_S = 5.0  # how long a child that sent its baseline may take to end
 
 
+_BOOT = ("import json, runpy, sys; sys.path.extend(p for p in json.loads(sys.argv[1]) if p not in sys.path); "
+         f"runpy.run_module({CHILD_MODULE!r}, run_name='__main__', alter_sys=True)")
+
+
 def child_command() -> list[str]:
     """The baseline process's command line: this interpreter, without the working directory
-    on its path (``-P``: a ``torch.py`` there must not shadow torch, as it does not in the
-    driver), running :data:`CHILD_MODULE`."""
-    return [sys.executable, "-P", "-m", CHILD_MODULE]
-
-
-def _child_env() -> dict[str, str]:
-    """The driver's environment, with the directory crest was imported from in front of
-    ``PYTHONPATH`` (so that the child runs this crest, installed or not)."""
+    on its path (``-P``: a ``torch.py`` there must not shadow torch), with the driver's
+    path after its own (the standard library and site-packages first; then what the
+    driver added, and the directory crest was imported from, so that it runs this crest),
+    running :data:`CHILD_MODULE`."""
     import crest
 
-    root = str(Path(crest.__file__).resolve().parent.parent)
-    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+    cwd = os.getcwd()
+    extra = [p for p in sys.path if p and os.path.abspath(p) != cwd]
+    extra.append(str(Path(crest.__file__).resolve().parent.parent))
+    return [sys.executable, "-P", "-c", _BOOT, json.dumps(list(dict.fromkeys(extra)))]
 
 
 class LocalBaseline:
@@ -66,9 +68,10 @@ class LocalBaseline:
     count, so that the baseline is the one a worker on this host would train).
 
     The child ends when the baseline is sent, when :meth:`stop` is called, or when this
-    process ends (its stdin closes, even after ``kill -9``). It runs in a process group of
-    its own: Ctrl-C reaches the driver, which stops it. Its memory (the model, its
-    gradients, Adam's moments) goes back to the system with it.
+    process ends (its stdin closes, even after ``kill -9``). It runs in a session of its
+    own: Ctrl-C reaches the driver, which stops it (the whole process group: what the
+    workload forked goes too), and no terminal stops it for writing. Its memory (the
+    model, its gradients, Adam's moments) goes back to the system with it.
 
     Args:
         workload: a built-in name or ``module:function`` (resolved in the child).
@@ -96,7 +99,7 @@ class LocalBaseline:
                    "threads": threads, "log_level": logging.getLogger("crest").getEffectiveLevel()}
         try:
             self._proc = subprocess.Popen(list(command or child_command()), stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, env=_child_env(), process_group=0)
+                                          stdout=subprocess.PIPE, start_new_session=True)
         except OSError as e:
             raise SweepError(f"the baseline's process could not be started: {e}") from e
         try:
@@ -106,6 +109,7 @@ class LocalBaseline:
             self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), name="crest-baseline",
                                             daemon=True)
             self._reader.start()
+            threading.Thread(target=self._watch_exit, name="crest-baseline-exit", daemon=True).start()
         except BaseException as e:  # the child has no owner yet: end it, then raise
             self._kill()
             if isinstance(e, OSError):
@@ -127,6 +131,17 @@ class LocalBaseline:
             src.close()
             if not self._done.is_set():  # its stdout closed before the baseline: it is ending
                 self._fail(SweepError(f"the baseline's process ended (exit code {self._reap()}) before sending it"))
+
+    def _watch_exit(self) -> None:
+        """Fail the baseline if the child ends without it while its stdout stays open (a
+        process it forked holds the pipe): the reader would wait for ever."""
+        code = self._proc.wait()
+        if not self._done.wait(timeout=_EXIT_GRACE_S):
+            self._fail(SweepError(f"the baseline's process ended (exit code {code}) before sending it"))
+            try:  # what it forked holds its pipe, so its group (the child's pid) still exists
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError) as e:
+                logger.debug("the baseline's process group: %s", e)
 
     def _read_frames(self, src: Any) -> None:
         limits = {SUMMARY: MAX_SUMMARY_BYTES, ERROR: MAX_ERROR_BYTES}
@@ -205,8 +220,13 @@ class LocalBaseline:
             self._reap()
 
     def _kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
+        """Kill the child's process group (the child and what it forked) and reap the child.
+        Once the child is reaped its pid, the group's id, may be reused: then nothing is sent."""
+        if self._proc.returncode is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError) as e:  # all gone already
+                logger.debug("the baseline's process group: %s", e)
         self._proc.wait()
 
     def _reap(self) -> int:
@@ -252,7 +272,7 @@ def baseline_threads(config: Any) -> int:
     return max(1, int(config.ray.cpus_per_worker))
 
 
-def _new_sqlite_file(url: str) -> bool:
+def new_sqlite_file(url: str) -> bool:
     """True when ``url`` names a SQLite file that does not exist yet (so no study is
     stored there), read from the URL's text without importing SQLAlchemy; False for
     anything else (another database, a URI filename, memory, a query string)."""
@@ -269,7 +289,7 @@ def new_study_here(config: Any) -> bool:
     """Whether the study is certainly new (its database is a SQLite file that does not exist
     yet) and its baseline :func:`trains_here`: read from the config and the file system
     alone, without importing torch, so that the CLI can ask it before Ray's start."""
-    return config.storage is not None and trains_here(config) and _new_sqlite_file(config.storage)
+    return config.storage is not None and trains_here(config) and new_sqlite_file(config.storage)
 
 
 def starts_own_workers(config: Any) -> bool:

@@ -152,6 +152,9 @@ class RayStart:
         self._up = threading.Event()
         self._release = threading.Event()
         self._stopped = False
+        self._lock = threading.Lock()  # orders the start's end against stop() giving up on it
+        self._finished = False
+        self._abandoned = False  # stop() stopped waiting: the thread disconnects when its start ends
         self._began = time.monotonic()
         self.seconds = 0.0  # how long the start took
         self._thread = threading.Thread(target=self._run, name="crest-ray-start", daemon=True)
@@ -173,7 +176,12 @@ class RayStart:
             self._error = e
         finally:
             self.seconds = time.monotonic() - self._began
+            with self._lock:
+                self._finished = True
+                abandoned = self._abandoned
             self._up.set()
+        if abandoned and self._error is None:  # stop() gave up on it: stop it here
+            disconnect(self._started)
         self._release.wait()  # Ray's processes die with the thread that started them
 
     def result(self) -> bool:
@@ -191,8 +199,9 @@ class RayStart:
         """Wait for the start (at most :data:`STOP_WAIT_S`), then stop the Ray it started
         (if any); again, nothing.
 
-        A start still running after that is left: Ray's processes end with this process
-        (their parent-death signal, crest's watchdog). That happens when a Ctrl-C or
+        A start still running after that is left to its thread, which stops the Ray it
+        started when the start ends (and Ray's processes end with this process: their
+        parent-death signal, crest's watchdog). That happens when a Ctrl-C or
         SIGTERM lands in the middle of an import on the main thread while this thread
         imports Ray: Python can then leave a module's import lock held, and the start
         waits for it for ever."""
@@ -200,10 +209,13 @@ class RayStart:
             return
         self._stopped = True
         if not self._up.wait(timeout=STOP_WAIT_S):
-            logger.warning("Ray's start had not finished %.0f s after the stop: left to end with this process",
-                           STOP_WAIT_S)
-            self._release.set()
-            return
+            with self._lock:
+                self._abandoned = not self._finished
+            if self._abandoned:
+                logger.warning("Ray's start had not finished %.0f s after the stop: left to end with this process",
+                               STOP_WAIT_S)
+                self._release.set()
+                return
         try:
             if self._error is None:
                 disconnect(self._started)

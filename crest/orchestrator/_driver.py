@@ -171,15 +171,7 @@ class SweepDriver:
             ray_start, self._ray_start = self._ray_start or RayStart.of(cfg), None
             stack.callback(ray_start.stop)
             early, self._early = self._early, None
-            if early is not None:
-                stack.callback(early.stop)
-            sensitivity, has_baseline = self._stored_state()
-            # (an early baseline means the database did not exist: the read found no baseline)
-            local = early or (None if has_baseline else self._local_baseline())
-            if local is not None and local is not early:
-                stack.callback(local.stop)
-            # a baseline trained here sends the model's summary: the driver builds no model
-            model = local.summary() if local is not None else self._model_summary()
+            model, sensitivity, local = self._model(stack, early)
             plan = self._plan(model, None if for_sensitivity else sensitivity)
             pool = WorkerPool(cfg, plan, None, None, list(self.options.search_path))
             stack.callback(pool.kill_all)
@@ -206,6 +198,27 @@ class SweepDriver:
                 store, info, plan, pool, lease, artifacts, model.prunable, self.options, self.on_progress, t0,
                 embeddings=model.embeddings,
             )
+
+    def _model(
+        self, stack: ExitStack, early: LocalBaseline | None
+    ) -> tuple[ModelSummary, dict[str, list[tuple[float, float]]], LocalBaseline | None]:
+        """The model's summary, the stored sensitivity table, and the baseline trained on
+        this host (``early``, one begun now, or None), which ``stack`` stops.
+
+        The workload resolves before anything is read (and so before an old schema is
+        upgraded), except where a baseline may train here: its process resolves it and
+        sends the model's summary, so that the driver builds no model."""
+        if early is not None:
+            stack.callback(early.stop)
+        model = None if early is not None or trains_here(self.config) else self._model_summary()
+        sensitivity, has_baseline = self._stored_state()
+        # (an early baseline means the database did not exist: the read found no baseline)
+        local = early or (None if has_baseline else self._local_baseline())
+        if local is not None and local is not early:
+            stack.callback(local.stop)
+        if model is None:
+            model = local.summary() if local is not None else self._model_summary()
+        return model, sensitivity, local
 
     def _model_summary(self) -> ModelSummary:
         """The workload's model, built here (this imports torch), summarised."""
