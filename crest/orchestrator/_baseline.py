@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from crest import exceptions
 from crest.exceptions import CrestError, SweepError
@@ -103,11 +103,12 @@ class LocalBaseline:
         except OSError as e:
             raise SweepError(f"the baseline's process could not be started: {e}") from e
         try:
-            assert self._proc.stdin is not None and self._proc.stdout is not None
-            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self._proc.stdin.flush()
-            self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), name="crest-baseline",
-                                            daemon=True)
+            stdin, stdout = self._proc.stdin, self._proc.stdout
+            if stdin is None or stdout is None:  # (cannot happen: both are pipes)
+                raise SweepError("the baseline's process has no pipes")
+            stdin.write(json.dumps(request).encode() + b"\n")
+            stdin.flush()
+            self._reader = threading.Thread(target=self._read, args=(stdout,), name="crest-baseline", daemon=True)
             self._reader.start()
             threading.Thread(target=self._watch_exit, name="crest-baseline-exit", daemon=True).start()
         except BaseException as e:  # the child has no owner yet: end it, then raise
@@ -183,7 +184,6 @@ class LocalBaseline:
         self._have_summary.wait()
         if self._summary is None:
             self._raise()
-        assert self._summary is not None
         return self._summary
 
     def result(self) -> tuple[bytes, float]:
@@ -196,11 +196,10 @@ class LocalBaseline:
         self._done.wait()
         if self._out is None:
             self._raise()
-        assert self._out is not None
         self.stop()
         return self._out
 
-    def _raise(self) -> None:
+    def _raise(self) -> NoReturn:
         if self._error is None:  # cannot happen: an event is set with a result or an error
             raise SweepError("the baseline's training ended without a result")
         raise self._error
