@@ -223,14 +223,6 @@ def _interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _nothing_stored(url: str) -> bool:
-    """Whether ``url`` names a SQLite file that does not exist (an interrupted launch
-    stored nothing there); False for any other database, which may hold the study."""
-    from crest.orchestrator._baseline import new_sqlite_file
-
-    return new_sqlite_file(url)
-
-
 def _driver_options(lease_ttl: float) -> Any:
     """The driver's knobs for a CLI run: heartbeats four times per TTL, workloads from the cwd."""
     from crest.orchestrator import DriverOptions
@@ -241,7 +233,11 @@ def _driver_options(lease_ttl: float) -> Any:
 def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> None:
     from crest._progress import ProgressPrinter
     from crest.config import DEFAULT_STORAGE
-    from crest.orchestrator._baseline import early_baseline, starts_own_workers
+    from crest.orchestrator._baseline import (
+        early_baseline,
+        new_sqlite_file,
+        starts_own_workers,
+    )
     from crest.orchestrator._cluster import RayStart
 
     options = _driver_options(lease_ttl)
@@ -264,7 +260,7 @@ def _run_driver(config: Any, text: str, *, lease_ttl: float, quiet: bool) -> Non
         with printer:
             summary = driver.run()
     except KeyboardInterrupt:
-        if _nothing_stored(config.storage):
+        if new_sqlite_file(config.storage):  # (any other database may hold the study)
             typer.echo("crest: interrupted before anything was stored; launch again to start the study", err=True)
             raise typer.Exit(130) from None
         typer.echo(

@@ -139,10 +139,7 @@ class LocalBaseline:
         code = self._proc.wait()
         if not self._done.wait(timeout=_EXIT_GRACE_S):
             self._fail(SweepError(f"the baseline's process ended (exit code {code}) before sending it"))
-            try:  # what it forked holds its pipe, so its group (the child's pid) still exists
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError) as e:
-                logger.debug("the baseline's process group: %s", e)
+            self._kill_group()  # what it forked holds its pipe, so its group (the child's pid) still exists
 
     def _read_frames(self, src: Any) -> None:
         limits = {SUMMARY: MAX_SUMMARY_BYTES, ERROR: MAX_ERROR_BYTES}
@@ -222,11 +219,14 @@ class LocalBaseline:
         """Kill the child's process group (the child and what it forked) and reap the child.
         Once the child is reaped its pid, the group's id, may be reused: then nothing is sent."""
         if self._proc.returncode is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError) as e:  # all gone already
-                logger.debug("the baseline's process group: %s", e)
+            self._kill_group()
         self._proc.wait()
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError) as e:  # all gone already
+            logger.debug("the baseline's process group: %s", e)
 
     def _reap(self) -> int:
         """Wait for the child's end (killing it after :data:`_EXIT_GRACE_S`); its exit code."""

@@ -46,20 +46,14 @@ class ModelSummary:
         """The summary of a built model (on any device). An embedding table's weight tied to
         another module (a head registered first, say) is listed under the name the model's
         parameters give it, so that it stays an embedding table."""
-        from torch import nn
-
         from crest.tasks._pipeline import dense_fp32_bytes
+        from crest.tasks._plan import embedding_tables
         from crest.tasks._sensitivity import prunable_layers
 
-        named = dict(model.named_parameters())
-        shapes = {name: tuple(int(d) for d in p.shape) for name, p in named.items()}
-        name_of = {id(p): name for name, p in named.items()}
-        tables = [name_of[id(p)] for module in model.modules() if isinstance(module, nn.Embedding | nn.EmbeddingBag)
-                  for p in module.parameters(recurse=False) if id(p) in name_of]
         return cls(
-            shapes=shapes,
+            shapes={name: tuple(int(d) for d in p.shape) for name, p in model.named_parameters()},
             prunable=prunable_layers(model),
-            embeddings=list(dict.fromkeys(tables)),
+            embeddings=embedding_tables(model),
             dense_bytes=dense_fp32_bytes(model),
             state_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()),
         )

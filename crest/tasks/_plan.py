@@ -51,16 +51,16 @@ def _option(params: list[ParamSpec], name: str, kind: str, value: Any) -> str:
 
 
 def embedding_tables(model: torch.nn.Module) -> list[str]:
-    """Parameter names of the model's embedding tables (nn.Embedding / nn.EmbeddingBag weights)."""
+    """Parameter names of the model's embedding tables (nn.Embedding / nn.EmbeddingBag
+    weights), as ``model.named_parameters()`` names them: a table whose weight is tied to
+    a module registered before it (a head, say) is listed under that module's name."""
     # the model is built, so torch is imported; resolving a plan does not import it
     from torch import nn
 
-    return [
-        f"{module_name}.{name}" if module_name else name
-        for module_name, module in model.named_modules()
-        if isinstance(module, nn.Embedding | nn.EmbeddingBag)
-        for name, _ in module.named_parameters(recurse=False)
-    ]
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    tables = [name_of[id(p)] for module in model.modules() if isinstance(module, nn.Embedding | nn.EmbeddingBag)
+              for p in module.parameters(recurse=False) if id(p) in name_of]
+    return list(dict.fromkeys(tables))
 
 
 def _shown(names: Sequence[str], limit: int = 12) -> str:
